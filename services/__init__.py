@@ -1,0 +1,1 @@
+"""chora registry infrastructure: the GitOps sync and heartbeat daemons."""

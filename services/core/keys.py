@@ -1,0 +1,38 @@
+"""The etcd key layout (``shared/registry-contract.md`` section 2): a public contract.
+
+Capability keys live under ``/chora/capabilities/{namespace}/``; each daemon's
+bookkeeping lives under its own prefix and never among a capability's keys.
+"""
+
+from __future__ import annotations
+
+CAPABILITIES = "/chora/capabilities/"
+SYNC = "/chora/sync/"
+SYNC_STATUS = SYNC + "status"
+# One key per capability the sync wrote: prune deletes only what this inventory lists.
+SYNC_OWNED = SYNC + "owned/"
+HEARTBEAT = "/chora/heartbeat/"
+
+METADATA, TYPE, VERSION, DEPENDENCIES, MANIFEST = (
+    "metadata", "type", "version", "dependencies", "manifest",
+)
+HEALTH = "health"
+
+# Keys the sync owns under a capability; ``health`` belongs to the heartbeat alone.
+SYNC_KEYS: tuple[str, ...] = (METADATA, TYPE, VERSION, DEPENDENCIES, MANIFEST)
+
+
+def capability(namespace: str, name: str) -> str:
+    return f"{CAPABILITIES}{namespace}/{name}"
+
+
+def owned(namespace: str) -> str:
+    return SYNC_OWNED + namespace
+
+
+def split(key: str) -> tuple[str, str] | None:
+    """``/chora/capabilities/a.b/type`` → ``("a.b", "type")``; None for other keys."""
+    if not key.startswith(CAPABILITIES):
+        return None
+    namespace, sep, name = key[len(CAPABILITIES):].partition("/")
+    return (namespace, name) if sep and namespace and name else None

@@ -1,0 +1,408 @@
+"""The etcd adapter: the only module that imports the etcd client library.
+
+python-etcd3 0.12.0 talks to one host, lets calls hang forever, drops watches on the first
+error and opens a gRPC stream per lease refresh. This adapter keeps its channel and
+generated stubs and adds what production needs:
+
+- every member in one gRPC channel (a multi-address target with ``round_robin``), so a
+  call that failed on a dead member is retried on the next one;
+- a deadline on every call (``timeout``), so a frozen member costs seconds, not forever;
+- paginated reads at one revision, so 60,000 keys neither exceed gRPC's message limit
+  nor mix two revisions;
+- transactions with revision guards, size/op limits checked before sending;
+- one keep-alive stream for a whole batch of leases;
+- watches as plain iterators that raise on failure, for the caller to re-create.
+
+Errors callers handle: ``Unavailable`` (transient: back off, retry), ``Compacted``
+(re-read, then watch again), ``LeaseNotFound``.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import etcd3
+import grpc
+from etcd3 import etcdrpc
+
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+MAX_REQUEST_BYTES = 1_400_000  # etcd's default --max-request-bytes is 1.5 MiB; keep headroom
+
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNKNOWN,  # e.g. "etcdserver: leader changed", "no leader"
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+}
+
+
+class StoreError(Exception):
+    """Base of the errors this adapter raises."""
+
+
+class Unavailable(StoreError):
+    """No member answered in time, or the cluster has no quorum. Transient."""
+
+
+class Compacted(StoreError):
+    """The watch's start revision was compacted away; re-read at ``revision``."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"revision compacted; oldest available is {revision}")
+        self.revision = revision
+
+
+class LeaseNotFound(StoreError):
+    """etcd no longer knows the lease (expired, revoked, or restored from a snapshot)."""
+
+
+class TooLarge(StoreError):
+    """A request would exceed etcd's request size or operation count limits."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """Guard: the key's mod revision is still ``mod_revision`` (0: it does not exist)."""
+
+    key: str
+    mod_revision: int
+
+
+Op = Put | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str  # "put" | "delete"
+    kv: KeyValue
+
+
+def _error(exc: grpc.RpcError) -> StoreError:
+    code = exc.code()
+    detail = exc.details() or ""
+    if code == grpc.StatusCode.NOT_FOUND and "lease" in detail:
+        return LeaseNotFound(detail)
+    if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in detail:
+        return Compacted(0)
+    if code in _TRANSIENT:
+        return Unavailable(f"{code.name}: {detail}")
+    return StoreError(f"{code.name}: {detail}")
+
+
+def _kv(kv: etcdrpc.KeyValue) -> KeyValue:
+    return KeyValue(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, kv.lease)
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    end = bytearray(prefix)
+    for i in reversed(range(len(end))):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+def _resolve(endpoint: str) -> str:
+    """gRPC's ipv4: target takes addresses only, so compose service names resolve here."""
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"endpoint {endpoint!r} is not host:port")
+    return f"{socket.gethostbyname(host)}:{port}"
+
+
+def parse_endpoints(text: str | Iterable[str]) -> list[str]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    endpoints = [e.strip().removeprefix("http://") for e in items if e.strip()]
+    if not endpoints:
+        raise ValueError("no etcd endpoints given")
+    return endpoints
+
+
+class Store:
+    """One long-lived client per process: ``Store(["127.0.0.1:2379", ...], timeout=3)``."""
+
+    def __init__(self, endpoints: Iterable[str], *, timeout: float = 3.0) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout = timeout
+        addresses = [_resolve(e) for e in self.endpoints]
+        last_host, _, last_port = addresses[-1].rpartition(":")
+        # etcd3 formats its target as "{host}:{port}"; this yields "ipv4:a:p,b:p,c:p".
+        host = "ipv4:" + ",".join([*addresses[:-1], last_host])
+        self._client = etcd3.client(
+            host=host,
+            port=int(last_port),
+            timeout=timeout,
+            grpc_options=[
+                ("grpc.lb_policy_name", "round_robin"),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 5000),
+                ("grpc.keepalive_timeout_ms", 2000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        self._kv = self._client.kvstub
+        self._lease = self._client.leasestub
+        self._watch = etcdrpc.WatchStub(self._client.channel)
+        self._maintenance = self._client.maintenancestub
+        self._cluster = self._client.clusterstub
+        # Reads are safe to repeat on another member; try each member once.
+        self._read_attempts = max(2, len(self.endpoints))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _read(self, call: object, request: object) -> object:
+        last: StoreError | None = None
+        for _ in range(self._read_attempts):
+            try:
+                return call(request, self.timeout)  # type: ignore[operator]
+            except grpc.RpcError as exc:
+                last = _error(exc)
+                if not isinstance(last, Unavailable):
+                    raise last from exc
+        assert last is not None
+        raise last
+
+    def get(self, key: str) -> KeyValue | None:
+        resp = self._read(self._kv.Range, etcdrpc.RangeRequest(key=key.encode()))
+        return _kv(resp.kvs[0]) if resp.kvs else None  # type: ignore[attr-defined]
+
+    def get_prefix(
+        self, prefix: str, *, page: int = 2000, keys_only: bool = False
+    ) -> tuple[dict[str, KeyValue], int]:
+        """Every key under ``prefix`` at one revision (linearizable), and that revision."""
+        start, end = prefix.encode(), _prefix_end(prefix.encode())
+        out: dict[str, KeyValue] = {}
+        revision = 0
+        while True:
+            req = etcdrpc.RangeRequest(
+                key=start, range_end=end, limit=page, revision=revision, keys_only=keys_only
+            )
+            resp = self._read(self._kv.Range, req)
+            if revision == 0:
+                revision = resp.header.revision  # type: ignore[attr-defined]
+            for kv in resp.kvs:  # type: ignore[attr-defined]
+                out[kv.key.decode()] = _kv(kv)
+            if not resp.more or not resp.kvs:  # type: ignore[attr-defined]
+                return out, revision
+            start = resp.kvs[-1].key + b"\0"  # type: ignore[attr-defined]
+
+    def revision(self) -> int:
+        """The cluster's current revision, by a linearizable read (proves quorum)."""
+        resp = self._read(self._kv.Range, etcdrpc.RangeRequest(key=b"\0", limit=1))
+        return resp.header.revision  # type: ignore[attr-defined]
+
+    # -- writes --------------------------------------------------------------------------
+
+    def txn(self, guards: Iterable[Unchanged], ops: Iterable[Op]) -> tuple[bool, int]:
+        """Apply ``ops`` atomically if every guard holds: (succeeded, revision).
+
+        Not retried here: a write that timed out may have been applied, so the caller
+        re-reads and re-plans instead (the guards then say whether it landed).
+        """
+        compare = [
+            etcdrpc.Compare(
+                key=g.key.encode(),
+                result=etcdrpc.Compare.EQUAL,
+                target=etcdrpc.Compare.MOD,
+                mod_revision=g.mod_revision,
+            )
+            for g in guards
+        ]
+        success = [self._op(op) for op in ops]
+        if len(success) > MAX_TXN_OPS or len(compare) > MAX_TXN_OPS:
+            raise TooLarge(f"{len(success)} operations; etcd accepts {MAX_TXN_OPS} per txn")
+        request = etcdrpc.TxnRequest(compare=compare, success=success)
+        if request.ByteSize() > MAX_REQUEST_BYTES:
+            raise TooLarge(f"{request.ByteSize()} bytes; etcd accepts {MAX_REQUEST_BYTES}")
+        try:
+            resp = self._kv.Txn(request, self.timeout)
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+        return resp.succeeded, resp.header.revision
+
+    @staticmethod
+    def _op(op: Op) -> etcdrpc.RequestOp:
+        if isinstance(op, Put):
+            return etcdrpc.RequestOp(
+                request_put=etcdrpc.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease)
+            )
+        return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=op.key.encode()))
+
+    @staticmethod
+    def op_size(op: Op) -> int:
+        return Store._op(op).ByteSize() + 8
+
+    # -- leases --------------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> int:
+        try:
+            resp = self._lease.LeaseGrant(etcdrpc.LeaseGrantRequest(TTL=ttl), self.timeout)
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+        return resp.ID
+
+    def revoke(self, lease_id: int) -> None:
+        """Revoke; an unknown lease counts as revoked."""
+        try:
+            self._lease.LeaseRevoke(etcdrpc.LeaseRevokeRequest(ID=lease_id), self.timeout)
+        except grpc.RpcError as exc:
+            err = _error(exc)
+            if not isinstance(err, LeaseNotFound):
+                raise err from exc
+
+    def lease_ttl(self, lease_id: int) -> int:
+        """Remaining TTL in seconds; -1 when etcd does not know the lease."""
+        resp = self._read(self._lease.LeaseTimeToLive, etcdrpc.LeaseTimeToLiveRequest(ID=lease_id))
+        return resp.TTL  # type: ignore[attr-defined]
+
+    def keepalive(self, lease_ids: Iterable[int]) -> dict[int, int]:
+        """Refresh many leases over ONE stream: {lease id: new TTL}. TTL 0 means etcd no
+        longer knows the lease (it does not raise): grant a new one and re-put."""
+        ids = list(dict.fromkeys(lease_ids))
+        if not ids:
+            return {}
+        requests = iter([etcdrpc.LeaseKeepAliveRequest(ID=i) for i in ids])
+        out: dict[int, int] = {}
+        call = self._lease.LeaseKeepAlive(requests, self.timeout)
+        try:
+            for resp in call:
+                out[resp.ID] = resp.TTL
+                if len(out) == len(ids):
+                    break
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+        finally:
+            call.cancel()
+        return out
+
+    # -- watches -------------------------------------------------------------------------
+
+    def watch_prefix(self, prefix: str, start_revision: int) -> Watch:
+        return Watch(self, prefix, start_revision)
+
+    # -- cluster -------------------------------------------------------------------------
+
+    def members(self) -> list[dict[str, object]]:
+        try:
+            resp = self._cluster.MemberList(etcdrpc.MemberListRequest(), self.timeout)
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+        return [
+            {"id": m.ID, "name": m.name, "client_urls": list(m.clientURLs),
+             "peer_urls": list(m.peerURLs)}
+            for m in resp.members
+        ]
+
+    def member_status(self) -> dict[str, object]:
+        """Status of whichever member this channel reaches; use a one-endpoint Store."""
+        try:
+            resp = self._maintenance.Status(etcdrpc.StatusRequest(), self.timeout)
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+        return {
+            "member_id": resp.header.member_id,
+            "leader": resp.leader,
+            "is_leader": resp.leader == resp.header.member_id,
+            "version": resp.version,
+            "db_size": resp.dbSize,
+            "raft_term": resp.raftTerm,
+            "revision": resp.header.revision,
+        }
+
+    def snapshot(self, path: str) -> None:
+        """Stream a snapshot of the reached member's database into ``path``."""
+        try:
+            with open(path, "wb") as out:
+                for chunk in self._maintenance.Snapshot(etcdrpc.SnapshotRequest(), 120):
+                    out.write(chunk.blob)
+        except grpc.RpcError as exc:
+            raise _error(exc) from exc
+
+
+class Watch:
+    """Iterate to receive batches of events from ``start_revision`` on; raises
+    ``Unavailable`` or ``Compacted`` when the stream ends, ``cancel()`` stops it.
+
+    The caller re-creates it from the last seen revision + 1. A member cut off from the
+    majority sends nothing at all, so pair a watch with a periodic linearizable read.
+    """
+
+    def __init__(self, store: Store, prefix: str, start_revision: int) -> None:
+        key = prefix.encode()
+        create = etcdrpc.WatchRequest(
+            create_request=etcdrpc.WatchCreateRequest(
+                key=key, range_end=_prefix_end(key), start_revision=start_revision
+            )
+        )
+        self._stop: queue.Queue[None] = queue.Queue()
+        self._cancelled = threading.Event()
+
+        def requests() -> Iterator[etcdrpc.WatchRequest]:
+            yield create
+            self._stop.get()  # hold the request side open until cancelled
+
+        self._call = store._watch.Watch(requests())
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._stop.put(None)
+        self._call.cancel()
+
+    def __iter__(self) -> Iterator[list[Event]]:
+        try:
+            for resp in self._call:
+                if resp.compact_revision:
+                    raise Compacted(resp.compact_revision)
+                if resp.canceled:
+                    raise Unavailable(f"watch cancelled by server: {resp.cancel_reason}")
+                if resp.events:
+                    yield [
+                        Event("delete" if ev.type == ev.DELETE else "put", _kv(ev.kv))
+                        for ev in resp.events
+                    ]
+        except grpc.RpcError as exc:
+            if self._cancelled.is_set():
+                return
+            raise _error(exc) from exc
+        if not self._cancelled.is_set():
+            raise Unavailable("watch stream ended")
