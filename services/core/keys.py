@@ -14,7 +14,11 @@ SYNC_OWNED = SYNC + "owned/"
 HEARTBEAT = "/chora/heartbeat/"
 
 METADATA, TYPE, VERSION, DEPENDENCIES, MANIFEST = (
-    "metadata", "type", "version", "dependencies", "manifest",
+    "metadata",
+    "type",
+    "version",
+    "dependencies",
+    "manifest",
 )
 HEALTH = "health"
 
@@ -34,5 +38,5 @@ def split(key: str) -> tuple[str, str] | None:
     """``/chora/capabilities/a.b/type`` → ``("a.b", "type")``; None for other keys."""
     if not key.startswith(CAPABILITIES):
         return None
-    namespace, sep, name = key[len(CAPABILITIES):].partition("/")
+    namespace, sep, name = key[len(CAPABILITIES) :].partition("/")
     return (namespace, name) if sep and namespace and name else None

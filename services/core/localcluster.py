@@ -141,7 +141,7 @@ class LocalMember:
     def healthy(self, timeout: float = 1.0) -> bool:
         try:
             url = f"http://{self.endpoint}/health"
-            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
                 return json.loads(resp.read()).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -151,7 +151,9 @@ class LocalCluster:
     """``LocalCluster(data_dir)`` uses the topology's fixed ports (``make up``);
     ``LocalCluster.ephemeral(tmp)`` picks free random ports (tests)."""
 
-    def __init__(self, data_dir: Path, members: tuple[topology.Member, ...] = topology.MEMBERS):
+    def __init__(
+        self, data_dir: Path, members: tuple[topology.Member, ...] = topology.MEMBERS
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.members_spec = members
         self.members = [LocalMember(m, self) for m in members]
@@ -197,9 +199,18 @@ class LocalCluster:
                 if not m.running:
                     continue
                 out = subprocess.run(
-                    [etcd_binary("etcdctl"), f"--endpoints={m.endpoint}", "endpoint", "status",
-                     "-w", "json", "--command-timeout=1s"],
-                    capture_output=True, text=True, check=False,
+                    [
+                        etcd_binary("etcdctl"),
+                        f"--endpoints={m.endpoint}",
+                        "endpoint",
+                        "status",
+                        "-w",
+                        "json",
+                        "--command-timeout=1s",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
                 )
                 if out.returncode == 0:
                     status = json.loads(out.stdout)[0]["Status"]

@@ -125,8 +125,10 @@ def _check_shape(text: str) -> None:
 def _json_safe(value: Any) -> Any:
     """YAML 1.1 gives dates, and keys that are not strings; JSON and etcd want text."""
     if isinstance(value, dict):
-        return {str(k).lower() if isinstance(k, bool) else str(k): _json_safe(v)
-                for k, v in value.items()}
+        return {
+            str(k).lower() if isinstance(k, bool) else str(k): _json_safe(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     if isinstance(value, dt.date | dt.datetime):
@@ -140,7 +142,7 @@ def _json_safe(value: Any) -> Any:
 
 def parse_yaml(text: str) -> Any:
     _check_shape(text)
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_StrictLoader)
 
 
 # -- model --------------------------------------------------------------------------------
@@ -152,7 +154,7 @@ class Metadata(BaseModel):
     dc_identifier: StrictStr
     dc_title: StrictStr
     dc_type: StrictStr
-    dc_hasVersion: StrictStr | None = None  # noqa: N815 - Dublin Core spelling
+    dc_hasVersion: StrictStr | None = None
 
     _check_ns = field_validator("dc_identifier")(lambda cls, v: check_namespace(v))
 
@@ -227,7 +229,8 @@ def from_document(doc: Any, source: str) -> Capability:
     version = md.dc_hasVersion or model.chora_version
     if version is None:
         raise ManifestError(
-            source, "no version: set metadata.dc_hasVersion (or top-level chora_version)",
+            source,
+            "no version: set metadata.dc_hasVersion (or top-level chora_version)",
             namespace,
         )
     if not SEMVER_RE.fullmatch(version):
@@ -238,11 +241,13 @@ def from_document(doc: Any, source: str) -> Capability:
             if isinstance(item, str):
                 dependencies.append({"capability": item, "version": "*", "relationship": kind})
             else:
-                dependencies.append({
-                    "capability": item.capability,
-                    "version": item.version,
-                    "relationship": item.relationship or kind,
-                })
+                dependencies.append(
+                    {
+                        "capability": item.capability,
+                        "version": item.version,
+                        "relationship": item.relationship or kind,
+                    }
+                )
     try:
         document = _json_safe(doc)
     except ValueError as exc:

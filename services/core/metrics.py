@@ -23,7 +23,7 @@ class MetricsServer:
         port: int,
         health: HealthCheck,
         *,
-        host: str = "0.0.0.0",  # noqa: S104 - containers publish it; compose maps the port
+        host: str = "0.0.0.0",
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
         handler = _handler(health, registry)
@@ -65,7 +65,7 @@ def _handler(health: HealthCheck, registry: CollectorRegistry) -> type[BaseHTTPR
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             """Scrapes every few seconds would drown the daemon's own log."""
 
     return Handler

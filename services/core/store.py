@@ -266,7 +266,8 @@ class Store:
             return etcdrpc.RequestOp(
                 request_put=etcdrpc.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease)
             )
-        return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=op.key.encode()))
+        delete = etcdrpc.DeleteRangeRequest(key=op.key.encode())
+        return etcdrpc.RequestOp(request_delete_range=delete)
 
     @staticmethod
     def op_size(op: Op) -> int:

@@ -1,0 +1,5 @@
+import sys
+
+from services.gitops_sync.cli import main
+
+sys.exit(main())

@@ -1,0 +1,154 @@
+"""Desired vs actual → the changes to apply. Pure: no I/O, tested without etcd.
+
+One ``Change`` per capability: all its key writes and deletes together, guarded by the
+mod revisions read, so it lands in one transaction or not at all and a concurrent writer
+is detected instead of overwritten. Nothing differs → no change → nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from services.core import keys
+from services.core.store import Delete, KeyValue, Op, Put, Unchanged
+from services.gitops_sync.projection import Desired
+
+
+@dataclass(frozen=True)
+class Change:
+    namespace: str
+    kind: str  # "create" | "update" | "prune"
+    ops: tuple[Op, ...]
+    guards: tuple[Unchanged, ...]
+
+    def describe(self) -> str:
+        """``update a.b: put version,manifest`` (``inventory`` is our /chora/sync/owned key)."""
+
+        def name(key: str) -> str:
+            return "inventory" if key.startswith(keys.SYNC_OWNED) else key.rsplit("/", 1)[-1]
+
+        puts = ",".join(name(op.key) for op in self.ops if isinstance(op, Put))
+        dels = ",".join(name(op.key) for op in self.ops if isinstance(op, Delete))
+        parts = [f"put {puts}" if puts else "", f"delete {dels}" if dels else ""]
+        return f"{self.kind} {self.namespace}: " + "; ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...] = ()
+    refused_prunes: tuple[str, ...] = ()  # namespaces kept because the prune was too large
+    refusal: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_prune_ratio: float = 0.5
+    allow_mass_prune: bool = False
+
+
+@dataclass
+class Actual:
+    """What etcd holds for the namespaces in scope: sync-owned capability keys and our
+    inventory. ``health`` and unknown key names are never loaded here, so never touched."""
+
+    kvs: dict[str, KeyValue] = field(default_factory=dict)
+
+    @classmethod
+    def from_kvs(cls, kvs: Iterable[KeyValue]) -> Actual:
+        owned_names = set(keys.SYNC_KEYS)
+        out = {}
+        for kv in kvs:
+            split = keys.split(kv.key)
+            if (split and split[1] in owned_names) or kv.key.startswith(keys.SYNC_OWNED):
+                out[kv.key] = kv
+        return cls(out)
+
+    def owned_namespaces(self) -> dict[str, str]:
+        """Namespaces in our inventory → the source file that wrote them."""
+        out = {}
+        for key, kv in self.kvs.items():
+            if key.startswith(keys.SYNC_OWNED):
+                try:
+                    source = json.loads(kv.value).get("source", "")
+                except (ValueError, AttributeError):
+                    source = ""
+                out[key[len(keys.SYNC_OWNED) :]] = source
+        return out
+
+    def capability_keys(self, namespace: str) -> list[str]:
+        return [k for k in (keys.capability(namespace, n) for n in keys.SYNC_KEYS) if k in self.kvs]
+
+
+def _guard(actual: Actual, key: str) -> Unchanged:
+    kv = actual.kvs.get(key)
+    return Unchanged(key, kv.mod_revision if kv else 0)
+
+
+def diff(namespace: str, desired: Desired, actual: Actual) -> Change | None:
+    ops: list[Op] = [
+        Put(k, v) for k, v in desired.items() if (kv := actual.kvs.get(k)) is None or kv.value != v
+    ]
+    stale = [k for k in actual.capability_keys(namespace) if k not in desired]
+    ops += [Delete(k) for k in stale]
+    if not ops:
+        return None
+    kind = "update" if keys.owned(namespace) in actual.kvs else "create"
+    return Change(namespace, kind, tuple(ops), tuple(_guard(actual, op.key) for op in ops))
+
+
+def prune(namespace: str, actual: Actual) -> Change:
+    doomed = [*actual.capability_keys(namespace), keys.owned(namespace)]
+    return Change(
+        namespace,
+        "prune",
+        tuple(Delete(k) for k in doomed),
+        tuple(_guard(actual, k) for k in doomed),
+    )
+
+
+def make_plan(
+    desired: Mapping[str, Desired],
+    actual: Actual,
+    *,
+    scope: Iterable[str] | None = None,
+    keep: Iterable[str] = (),
+    broken_sources: Iterable[str] = (),
+    owned_total: int | None = None,
+    policy: Policy = Policy(),
+) -> Plan:
+    """Plan for every namespace in ``scope`` (all known ones when None).
+
+    ``keep``: namespaces whose manifest is currently broken or disputed: their last good
+    state stays as it is. ``broken_sources``: files that failed to load; what they wrote
+    before is kept too, even when their namespace can no longer be read from them.
+    ``owned_total``: how many capabilities we own in all, for the prune ratio when the
+    scope is partial.
+    """
+    owned = actual.owned_namespaces()
+    keep, broken = set(keep), set(broken_sources)
+    names = set(scope) if scope is not None else set(desired) | set(owned)
+    changes, prunes = [], []
+    for ns in sorted(names):
+        if ns in keep:
+            continue
+        if ns in desired:
+            if change := diff(ns, desired[ns], actual):
+                changes.append(change)
+        elif ns in owned and owned[ns] not in broken:
+            prunes.append(prune(ns, actual))
+    total = owned_total if owned_total is not None else len(owned)
+    if prunes and not policy.allow_mass_prune and len(prunes) > policy.max_prune_ratio * total:
+        refusal = (
+            f"refusing to prune {len(prunes)} of {total} capabilities "
+            f"(more than {policy.max_prune_ratio:.0%}): is the capabilities directory "
+            "unmounted or a checkout in progress? Everything was kept; rerun with "
+            "--allow-mass-prune if the deletion is intended"
+        )
+        return Plan(tuple(changes), tuple(c.namespace for c in prunes), refusal)
+    return Plan(tuple(changes + prunes))

@@ -1,0 +1,262 @@
+"""One reconcile: read the directory, read etcd, plan, apply, report.
+
+The only part of the sync that talks to etcd. Correctness never depends on events: a
+full reconcile compares every file with what etcd holds now (not with a cache), so a
+restart, a missed event or a lost connection heals on the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.core import keys, logs
+from services.core.manifests import ManifestError
+from services.core.store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Put, Store, Unchanged
+from services.gitops_sync import telemetry
+from services.gitops_sync.plan import Actual, Change, Plan, Policy, make_plan
+from services.gitops_sync.scanning import Index, Resolved, source_revision
+
+log = logs.get("gitops_sync")
+
+# A partial reconcile reads each namespace in scope with its own range; past this many,
+# one full read is cheaper.
+PARTIAL_LIMIT = 64
+CONFLICT_RETRIES = 3
+
+
+@dataclass
+class Outcome:
+    kind: str
+    plan: Plan
+    errors: list[ManifestError]
+    applied: int = 0
+    conflicts: set[str] = field(default_factory=set)
+    seconds: float = 0.0
+
+
+def batches(changes: Iterable[Change]) -> list[list[Change]]:
+    """Whole capabilities packed into transactions within etcd's op and size limits."""
+    out: list[list[Change]] = []
+    current: list[Change] = []
+    ops = size = 0
+    for change in changes:
+        c_ops = len(change.ops)
+        c_size = sum(Store.op_size(op) for op in change.ops) + 32 * len(change.guards)
+        if current and (ops + c_ops > MAX_TXN_OPS or size + c_size > MAX_REQUEST_BYTES):
+            out.append(current)
+            current, ops, size = [], 0, 0
+        current.append(change)
+        ops += c_ops
+        size += c_size
+    if current:
+        out.append(current)
+    return out
+
+
+class Reconciler:
+    def __init__(
+        self,
+        root: Path,
+        store: Store,
+        *,
+        policy: Policy = Policy(),  # noqa: B008 - frozen
+        workers: int = 8,
+    ) -> None:
+        self.root = Path(root)
+        self.store = store
+        self.policy = policy
+        self.index = Index(self.root)
+        self.owned_total = 0
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sync-txn")
+        self._reported: dict[str, str] = {}  # file → reason already logged
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- entry points --------------------------------------------------------------------
+
+    def full(self, *, dry_run: bool = False) -> Outcome:
+        """Everything in the directory against everything we own in etcd."""
+        start = time.monotonic()
+        self.index.scan()
+        resolved = self.index.resolve()
+        actual = self._read_all()
+        self.owned_total = len(actual.owned_namespaces())
+        plan = make_plan(
+            resolved.desired,
+            actual,
+            keep=resolved.keep,
+            broken_sources=resolved.broken_sources,
+            policy=self.policy,
+        )
+        return self._finish("full", plan, resolved, start, dry_run=dry_run)
+
+    def partial(self, names: Iterable[str]) -> Outcome:
+        """Only the files named (by events) and the namespaces they held or hold now."""
+        start = time.monotonic()
+        names = set(names)
+        before = self.index.refresh(names)
+        scope = {ns for ns in before.values() if ns} | self.index.namespaces_of(names)
+        if len(scope) > PARTIAL_LIMIT:
+            return self.full()
+        resolved = self.index.resolve()
+        actual = self._read_namespaces(scope)
+        plan = make_plan(
+            resolved.desired,
+            actual,
+            scope=scope,
+            keep=resolved.keep,
+            broken_sources=resolved.broken_sources,
+            owned_total=self.owned_total,
+            policy=self.policy,
+        )
+        return self._finish("partial", plan, resolved, start)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _read_all(self) -> Actual:
+        caps, _ = self.store.get_prefix(keys.CAPABILITIES)
+        owned, _ = self.store.get_prefix(keys.SYNC_OWNED)
+        return Actual.from_kvs([*caps.values(), *owned.values()])
+
+    def _read_namespaces(self, namespaces: Iterable[str]) -> Actual:
+        kvs = []
+        for ns in namespaces:
+            found, _ = self.store.get_prefix(keys.capability(ns, ""))
+            kvs += found.values()
+            if (kv := self.store.get(keys.owned(ns))) is not None:
+                kvs.append(kv)
+        return Actual.from_kvs(kvs)
+
+    # -- applying ------------------------------------------------------------------------
+
+    def _finish(
+        self, kind: str, plan: Plan, resolved: Resolved, start: float, *, dry_run: bool = False
+    ) -> Outcome:
+        outcome = Outcome(kind, plan, resolved.errors)
+        self._report_errors(resolved.errors)
+        if plan.refusal:
+            telemetry.PRUNES_REFUSED.inc()
+            log.error("prune refused", reason=plan.refusal, kept=list(plan.refused_prunes)[:20])
+        if dry_run:
+            outcome.seconds = time.monotonic() - start
+            return outcome
+        outcome.applied, outcome.conflicts = self._apply(plan.changes)
+        for attempt in range(CONFLICT_RETRIES):
+            if not outcome.conflicts:
+                break
+            # Someone else wrote these keys since we read them: re-read and re-plan.
+            log.warning(
+                "write conflict, re-planning",
+                namespaces=sorted(outcome.conflicts)[:20],
+                attempt=attempt + 1,
+            )
+            actual = self._read_namespaces(outcome.conflicts)
+            retry = make_plan(
+                resolved.desired,
+                actual,
+                scope=outcome.conflicts,
+                keep=resolved.keep,
+                broken_sources=resolved.broken_sources,
+                owned_total=self.owned_total,
+                policy=self.policy,
+            )
+            applied, outcome.conflicts = self._apply(retry.changes)
+            outcome.applied += applied
+        self._write_status(resolved)
+        outcome.seconds = time.monotonic() - start
+        self._record(outcome, resolved)
+        return outcome
+
+    def _apply(self, changes: Iterable[Change]) -> tuple[int, set[str]]:
+        """Send the changes, many capabilities per transaction and transactions in
+        parallel; a batch whose guards fail is retried one capability at a time so one
+        conflict does not hold back the rest."""
+        groups = batches(changes)
+        if not groups:
+            return 0, set()
+        results = list(self._pool.map(self._send_batch, groups))
+        applied = sum(r[0] for r in results)
+        conflicts = set().union(*(r[1] for r in results))
+        return applied, conflicts
+
+    def _send_batch(self, batch: list[Change]) -> tuple[int, set[str]]:
+        ok, _ = self.store.txn(
+            [g for c in batch for g in c.guards], [op for c in batch for op in c.ops]
+        )
+        if ok:
+            telemetry.TXNS.labels("ok").inc()
+            self._log_changes(batch)
+            return len(batch), set()
+        telemetry.TXNS.labels("conflict").inc()
+        if len(batch) == 1:
+            return 0, {batch[0].namespace}
+        applied, conflicts = 0, set()
+        for change in batch:
+            n, c = self._send_batch([change])
+            applied += n
+            conflicts |= c
+        return applied, conflicts
+
+    def _log_changes(self, batch: list[Change]) -> None:
+        for change in batch:
+            telemetry.CHANGES.labels(change.kind).inc()
+        if len(batch) <= 5:
+            for change in batch:
+                log.info("capability synced", change=change.describe())
+        else:
+            log.info(
+                "capabilities synced",
+                count=len(batch),
+                first=batch[0].namespace,
+                last=batch[-1].namespace,
+            )
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def status_document(self, resolved: Resolved) -> dict[str, object]:
+        """The machine-readable status under /chora/sync/status. No timestamps: it is
+        rewritten only when something in it changes."""
+        return {
+            **source_revision(self.root),
+            "capabilities": len(resolved.desired),
+            "errors": [
+                {"file": e.path, "namespace": e.namespace, "reason": e.reason}
+                for e in resolved.errors
+            ],
+        }
+
+    def _write_status(self, resolved: Resolved) -> None:
+        value = json.dumps(self.status_document(resolved), separators=(",", ":")).encode()
+        current = self.store.get(keys.SYNC_STATUS)
+        if current is not None and current.value == value:
+            return
+        guard = Unchanged(keys.SYNC_STATUS, current.mod_revision if current else 0)
+        self.store.txn([guard], [Put(keys.SYNC_STATUS, value)])
+
+    def _report_errors(self, errors: list[ManifestError]) -> None:
+        """Each broken file is logged once when it breaks and once when it is fixed."""
+        now = {e.path: e.reason for e in errors}
+        for path, reason in now.items():
+            if self._reported.get(path) != reason:
+                log.error("manifest rejected", file=path, reason=reason)
+        for path in set(self._reported) - set(now):
+            log.info("manifest error cleared", file=path)
+        self._reported = now
+
+    def _record(self, outcome: Outcome, resolved: Resolved) -> None:
+        telemetry.RECONCILES.labels(outcome.kind, "ok").inc()
+        telemetry.RECONCILE_SECONDS.labels(outcome.kind).observe(outcome.seconds)
+        telemetry.CAPABILITIES.set(len(resolved.desired))
+        telemetry.MANIFEST_ERRORS.set(len(resolved.errors))
+        telemetry.LAST_SUCCESS.set(time.time())
+        # Keeps the prune ratio of partial reconciles honest until the next full read.
+        self.owned_total += sum(
+            1 if c.kind == "create" else -1 if c.kind == "prune" else 0
+            for c in outcome.plan.changes
+        )

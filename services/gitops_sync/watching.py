@@ -1,0 +1,94 @@
+"""File events → debounced batches of file names to reconcile.
+
+watchdog has no debounce, reports an editor's temp-file-and-rename save as a move and
+silently drops inotify overflows. So events only name *which* files to look at; the
+reconciler reads each file's current state once the burst has gone quiet, and the
+periodic full reconcile heals whatever was missed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from services.core import manifests
+
+RESCAN = "*"  # a batch holding this asks for a full reconcile (a directory changed)
+
+
+class Debouncer:
+    """Collects names; ``take()`` returns them once no new one arrived for ``quiet``
+    seconds (or ``max_delay`` after the first, so a steady stream still flushes)."""
+
+    def __init__(self, quiet: float = 0.05, max_delay: float = 1.0) -> None:
+        self.quiet, self.max_delay = quiet, max_delay
+        self._names: set[str] = set()
+        self._first = self._last = 0.0
+        self._cond = threading.Condition()
+
+    def add(self, *names: str) -> None:
+        with self._cond:
+            now = time.monotonic()
+            if not self._names:
+                self._first = now
+            self._names.update(names)
+            self._last = now
+            self._cond.notify()
+
+    def take(self, timeout: float) -> set[str]:
+        """Wait up to ``timeout`` seconds for names, then until they are quiet."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._names:
+                    ready = min(self._last + self.quiet, self._first + self.max_delay)
+                    if now >= ready:
+                        names, self._names = self._names, set()
+                        return names
+                    self._cond.wait(ready - now)
+                elif now >= deadline:
+                    return set()
+                else:
+                    self._cond.wait(deadline - now)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, root: Path, sink: Debouncer) -> None:
+        self.root, self.sink = root, sink
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        if event.is_directory:
+            if Path(str(event.src_path)) != self.root:
+                self.sink.add(RESCAN)
+            return
+        names = []
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            if not raw:
+                continue
+            path = Path(str(raw))
+            if path.parent == self.root and manifests.is_manifest_name(path.name):
+                names.append(path.name)
+        if names:
+            self.sink.add(*names)
+
+
+class Watcher:
+    def __init__(self, root: Path, sink: Debouncer) -> None:
+        self._observer = Observer()
+        self._observer.daemon = True
+        root = Path(root).resolve()
+        self._observer.schedule(_Handler(root, sink), str(root), recursive=False)
+
+    def start(self) -> None:
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(5)
