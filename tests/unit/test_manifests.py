@@ -1,0 +1,174 @@
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from services.core import manifests
+from services.core.manifests import ManifestError, load
+from tests.manifests import manifest
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "m.yaml") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def load_text(tmp_path: Path, text: str | bytes) -> manifests.Capability:
+    return load(write(tmp_path, text), tmp_path)
+
+
+SEED_STYLE = """\
+# Capability manifest for the registry
+# (a leading comment block, no apiVersion/kind)
+metadata:
+  dc_identifier: chora.devex.registry
+  dc_identifier_legacy: SAP-044
+  dc_title: Capability Registry & Discovery
+  dc_description: >
+    Service registry with
+    health monitoring
+  dc_type: service
+  dc_creator: chora-base
+  dc_date: 2025-11-15
+  dc_subject: [registry, discovery]
+  chora_maturity: beta
+chora_version: 2.1.0
+chora_service:
+  interfaces: [cli, rest]
+  health: {endpoint: /health, interval: 10, timeout: 5, heartbeat_ttl: 30}
+dc_relation:
+  requires:
+    - capability: chora.infrastructure.sap_framework
+      version: ^1.0.0
+      relationship: prerequisite
+      reason: needs the framework
+    - chora.devex.interface_design
+  recommends:
+    - capability: chora.awareness.sap_self_evaluation
+adoption: {teams: 3}
+"""
+
+
+def test_a_manifest_with_every_real_world_variation_is_accepted(tmp_path):
+    cap = load_text(tmp_path, SEED_STYLE)
+    assert cap.namespace == "chora.devex.registry"
+    assert cap.type == "service"
+    assert cap.version == "2.1.0"  # chora_version, since dc_hasVersion is missing
+    assert cap.metadata["dc_identifier_legacy"] == "SAP-044"
+    assert cap.metadata["chora_maturity"] == "beta"  # unknown fields kept
+    assert cap.metadata["dc_description"] == "Service registry with health monitoring\n"
+    assert cap.metadata["dc_date"] == "2025-11-15"  # a YAML date, stored as text
+    assert cap.document["adoption"] == {"teams": 3}
+    assert cap.dependencies == [
+        {"capability": "chora.infrastructure.sap_framework", "version": "^1.0.0",
+         "relationship": "prerequisite"},
+        {"capability": "chora.devex.interface_design", "version": "*", "relationship": "requires"},
+        {"capability": "chora.awareness.sap_self_evaluation", "version": "*",
+         "relationship": "recommends"},
+    ]
+
+
+def test_dc_has_version_wins_over_chora_version_and_dc_date_is_never_the_version(tmp_path):
+    text = manifest("a.b", version="3.0.0") + "chora_version: 9.9.9\n"
+    assert load_text(tmp_path, text).version == "3.0.0"
+    no_version = "metadata: {dc_identifier: a.b, dc_title: T, dc_type: Pattern, dc_date: 2025-1-1}"
+    with pytest.raises(ManifestError, match="no version"):
+        load_text(tmp_path, no_version)
+
+
+@pytest.mark.parametrize("dc_type", ["Service", "service", "SERVICE", "Pattern", "pattern"])
+def test_the_type_is_read_in_any_case(tmp_path, dc_type):
+    assert load_text(tmp_path, manifest("a.b", type=dc_type)).type == dc_type.lower()
+
+
+def test_a_pattern_without_chora_pattern_and_a_service_without_chora_service_are_valid(tmp_path):
+    assert load_text(tmp_path, manifest("a.b", type="Pattern")).type == "pattern"
+    assert load_text(tmp_path, manifest("a.c", type="Service")).type == "service"
+
+
+def test_a_normal_anchor_and_alias_is_allowed(tmp_path):
+    text = manifest("a.b") + "defaults: &d {timeout: 5}\nchora_service: {health: *d}\n"
+    assert load_text(tmp_path, text).document["chora_service"]["health"] == {"timeout": 5}
+
+
+@pytest.mark.parametrize(
+    "namespace",
+    ["Chora.devex", "single", "a/b.c", "a..b", "'a.b c'", "../etc.passwd", ".a.b", "a.b.",
+     "a.b.c.d.e.f.g.h.i", "a." + "b" * 252, "'a.b\\x00'", "-a.b", "'a.b\\n'"],
+)
+def test_an_illegal_namespace_is_rejected_naming_the_file(tmp_path, namespace):
+    text = manifest("x.y").replace("dc_identifier: x.y", f"dc_identifier: {namespace}")
+    with pytest.raises(ManifestError) as err:
+        load_text(tmp_path, text)
+    assert str(err.value).startswith(str(tmp_path / "m.yaml"))
+    assert "dc_identifier" in str(err.value) or "namespace" in str(err.value)
+
+
+def test_a_yaml_alias_bomb_is_rejected_fast(tmp_path):
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        prev, cur = chr(96 + i), chr(97 + i)
+        lines.append(f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
+    start = time.monotonic()
+    with pytest.raises(ManifestError, match="alias bomb"):
+        load_text(tmp_path, "\n".join(lines))
+    assert time.monotonic() - start < 1.0
+
+
+def test_deep_nesting_is_rejected_without_a_recursion_error(tmp_path):
+    with pytest.raises(ManifestError, match="nested deeper"):
+        load_text(tmp_path, "a: " + "[" * 50_000 + "]" * 50_000)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("metadata: {dc_identifier: a.b\n", "invalid YAML at line"),
+        (manifest("a.b") + "metadata: {}\n", "duplicate key 'metadata'"),
+        (manifest("a.b") + "---\n" + manifest("a.c"), "more than one YAML document"),
+        ("- a\n- b\n", "top level is a list"),
+        ("metadata: {dc_identifier: a.b, dc_type: Service, dc_hasVersion: 1.0.0}", "dc_title"),
+        ("metadata: {dc_identifier: a.b, dc_title: T, dc_type: Tool, dc_hasVersion: 1.0.0}",
+         "neither Service nor Pattern"),
+        ("metadata: {dc_identifier: a.b, dc_title: T, dc_type: Service, dc_hasVersion: 1.10}",
+         "quote it"),
+        ("metadata: {dc_identifier: a.b, dc_title: T, dc_type: Service, dc_hasVersion: '1.0'}",
+         "not SemVer"),
+        ("   \n", "empty file"),
+        ("# only a comment\n", "empty file"),
+        (b"metadata: {dc_title: \xff\xfe}\n", "not UTF-8"),
+    ],
+)
+def test_bad_input_gets_one_clear_reason(tmp_path, text, reason):
+    with pytest.raises(ManifestError, match=reason):
+        load_text(tmp_path, text)
+
+
+def test_a_file_over_one_mib_is_rejected_before_parsing(tmp_path):
+    text = manifest("a.b") + "padding: '" + "x" * (1024 * 1024) + "'\n"
+    with pytest.raises(ManifestError, match="at most 1048576"):
+        load_text(tmp_path, text)
+
+
+def test_a_symlink_leading_outside_the_directory_is_not_followed(tmp_path):
+    outside = tmp_path / "outside.yaml"
+    outside.write_text(manifest("a.b"))
+    root = tmp_path / "caps"
+    root.mkdir()
+    os.symlink(outside, root / "link.yaml")
+    with pytest.raises(ManifestError, match="leads outside"):
+        load(root / "link.yaml", root)
+    os.symlink(root / "inner.yaml", root / "inner-link.yaml")
+    (root / "inner.yaml").write_text(manifest("a.c"))
+    assert load(root / "inner-link.yaml", root).namespace == "a.c"
+
+
+@pytest.mark.parametrize(
+    ("name", "is_manifest"),
+    [("a.yaml", True), ("a.yml", True), ("a.json", False), ("README.md", False),
+     (".a.yaml.swp", False), (".hidden.yaml", False), ("a.yaml~", False)],
+)
+def test_only_yaml_files_are_manifests(name, is_manifest):
+    assert manifests.is_manifest_name(name) is is_manifest

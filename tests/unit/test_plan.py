@@ -1,0 +1,116 @@
+from services.core import keys
+from services.core.manifests import from_document, parse_yaml
+from services.core.store import Delete, KeyValue, Put, Unchanged
+from services.gitops_sync.plan import Actual, Policy, make_plan
+from services.gitops_sync.projection import project
+from tests.manifests import manifest
+
+
+def desired_for(*namespaces: str, version: str = "1.0.0") -> dict:
+    return {
+        ns: project(from_document(parse_yaml(manifest(ns, version=version)), f"{ns}.yaml"))
+        for ns in namespaces
+    }
+
+
+def actual_from(desired: dict, *, extra: dict[str, bytes] | None = None) -> Actual:
+    kvs, rev = [], 10
+    for values in desired.values():
+        for key, value in values.items():
+            rev += 1
+            kvs.append(KeyValue(key, value, rev, rev, 0))
+    for key, value in (extra or {}).items():
+        rev += 1
+        kvs.append(KeyValue(key, value, rev, rev, 0))
+    return Actual.from_kvs(kvs)
+
+
+def test_an_empty_store_gets_one_create_per_capability_guarded_by_absence():
+    plan = make_plan(desired_for("a.b", "a.c"), Actual())
+    assert [c.kind for c in plan.changes] == ["create", "create"]
+    change = plan.changes[0]
+    assert {op.key for op in change.ops} == set(desired_for("a.b")["a.b"])
+    assert all(g.mod_revision == 0 for g in change.guards)
+
+
+def test_nothing_differs_so_nothing_is_planned():
+    desired = desired_for("a.b", "a.c")
+    assert make_plan(desired, actual_from(desired)).empty
+
+
+def test_an_update_puts_only_the_keys_that_differ_guarded_by_their_revisions():
+    actual = actual_from(desired_for("a.b", version="1.0.0"))
+    plan = make_plan(desired_for("a.b", version="1.1.0"), actual)
+    (change,) = plan.changes
+    assert change.kind == "update"
+    assert {op.key.rsplit("/", 1)[1] for op in change.ops} == {"version", "metadata", "manifest"}
+    version_key = keys.capability("a.b", "version")
+    assert Unchanged(version_key, actual.kvs[version_key].mod_revision) in change.guards
+
+
+def test_a_removed_capability_is_pruned_but_health_and_foreign_keys_are_not():
+    health = keys.capability("a.b", "health")
+    foreign = keys.capability("a.b", "notes")
+    actual = actual_from(desired_for("a.b", "a.c", "a.d"), extra={health: b"{}", foreign: b"x"})
+    plan = make_plan(desired_for("a.c", "a.d"), actual)
+    (change,) = plan.changes
+    assert change.kind == "prune"
+    deleted = {op.key for op in change.ops}
+    assert all(isinstance(op, Delete) for op in change.ops)
+    assert keys.owned("a.b") in deleted and keys.capability("a.b", "type") in deleted
+    assert health not in deleted and foreign not in deleted
+
+
+def test_a_capability_we_never_wrote_is_never_pruned():
+    stranger = {keys.capability("x.y", "type"): b"service"}
+    actual = actual_from(desired_for("a.b"), extra=stranger)
+    assert make_plan(desired_for("a.b"), actual).empty
+
+
+def test_a_broken_or_disputed_capability_keeps_its_last_good_state():
+    actual = actual_from(desired_for("a.b", "a.c", "a.d"))
+    # a.b's file is broken but still names a.b; a.c's file no longer parses at all.
+    plan = make_plan(desired_for("a.d"), actual, keep={"a.b"}, broken_sources={"a.c.yaml"})
+    assert plan.empty
+
+
+def test_pruning_more_than_half_is_refused_but_updates_still_go_through():
+    actual = actual_from(desired_for("a.b", "a.c", "a.d", "a.e"))
+    plan = make_plan(desired_for("a.b", version="2.0.0"), actual)
+    assert plan.refusal.startswith("refusing to prune 3 of 4 capabilities")
+    assert set(plan.refused_prunes) == {"a.c", "a.d", "a.e"}
+    assert [c.kind for c in plan.changes] == ["update"]
+    allowed = make_plan(desired_for("a.b"), actual, policy=Policy(allow_mass_prune=True))
+    assert [c.kind for c in allowed.changes] == ["prune", "prune", "prune"]
+
+
+def test_an_empty_directory_refuses_to_prune_everything():
+    plan = make_plan({}, actual_from(desired_for("a.b", "a.c")))
+    assert plan.empty and plan.refusal
+
+
+def test_a_partial_scope_only_plans_its_namespaces():
+    desired = desired_for("a.b", "a.c")
+    plan = make_plan(desired, Actual(), scope={"a.c"}, owned_total=2)
+    assert [c.namespace for c in plan.changes] == ["a.c"]
+
+
+def test_a_sync_key_no_longer_desired_is_deleted_with_the_update():
+    desired = desired_for("a.b")
+    stale = {keys.capability("a.b", "manifest"): b"old"}
+    trimmed = {"a.b": {k: v for k, v in desired["a.b"].items() if not k.endswith("/manifest")}}
+    plan = make_plan(trimmed, actual_from(trimmed, extra=stale))
+    (change,) = plan.changes
+    assert change.ops == (Delete(keys.capability("a.b", "manifest")),)
+
+
+def test_projection_writes_the_contract_keys():
+    cap = from_document(parse_yaml(manifest("a.b", type="Pattern")), "caps/a.yaml")
+    values = project(cap)
+    assert values[keys.capability("a.b", "type")] == b"pattern"
+    assert values[keys.capability("a.b", "version")] == b"1.0.0"
+    assert b'"type":"pattern"' in values[keys.capability("a.b", "metadata")]
+    assert values[keys.capability("a.b", "dependencies")] == b"[]"
+    assert values[keys.owned("a.b")] == b'{"source":"a.yaml"}'
+    assert project(cap) == values  # deterministic: what makes a no-op reconcile write nothing
+    assert Put(keys.capability("a.b", "type"), b"pattern") is not None

@@ -1,0 +1,101 @@
+import os
+import threading
+import time
+
+from services.gitops_sync.plan import Actual, make_plan
+from services.gitops_sync.reconciling import batches
+from services.gitops_sync.scanning import Index
+from services.gitops_sync.watching import Debouncer
+from tests.manifests import manifest
+
+
+def test_two_files_claiming_one_namespace_are_both_errors_and_the_namespace_is_kept(tmp_path):
+    (tmp_path / "one.yaml").write_text(manifest("a.b"))
+    (tmp_path / "two.yaml").write_text(manifest("a.b"))
+    (tmp_path / "three.yaml").write_text(manifest("a.c"))
+    index = Index(tmp_path)
+    index.scan()
+    resolved = index.resolve()
+    assert set(resolved.desired) == {"a.c"}
+    assert "a.b" in resolved.keep
+    assert [os.path.basename(e.path) for e in resolved.errors] == ["one.yaml", "two.yaml"]
+    assert "also claimed by" in resolved.errors[0].reason
+
+
+def test_an_unchanged_file_is_not_parsed_again(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text(manifest("a.b"))
+    index = Index(tmp_path)
+    assert index.scan() == {"a.yaml"}
+    assert index.scan() == set()
+    path.write_text(manifest("a.b", version="2.0.0"))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert index.scan() == {"a.yaml"}
+
+
+def test_refresh_reports_the_namespace_a_file_held_before(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text(manifest("a.b"))
+    index = Index(tmp_path)
+    index.scan()
+    path.write_text(manifest("a.renamed"))
+    assert index.refresh(["a.yaml"]) == {"a.yaml": "a.b"}
+    assert index.namespaces_of(["a.yaml"]) == {"a.renamed"}
+    path.unlink()
+    assert index.refresh(["a.yaml"]) == {"a.yaml": "a.renamed"}
+    assert index.entries == {}
+
+
+def test_non_manifest_files_are_ignored(tmp_path):
+    (tmp_path / "notes.md").write_text("# hi")
+    (tmp_path / "data.json").write_text("{}")
+    (tmp_path / ".a.yaml.swp").write_text("junk")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.yaml").write_text(manifest("a.b"))
+    index = Index(tmp_path)
+    index.scan()
+    assert index.entries == {}
+
+
+def test_changes_are_packed_whole_into_transactions_of_at_most_128_operations(tmp_path):
+    for i in range(100):
+        (tmp_path / f"c{i}.yaml").write_text(manifest(f"a.c{i}"))
+    index = Index(tmp_path)
+    index.scan()
+    plan = make_plan(index.resolve().desired, Actual())
+    groups = batches(plan.changes)
+    assert all(sum(len(c.ops) for c in g) <= 128 for g in groups)
+    assert sum(len(g) for g in groups) == 100
+    assert len(groups) == 100 // (128 // 6) + 1
+
+
+def test_a_burst_of_events_is_delivered_as_one_batch_once_quiet():
+    d = Debouncer(quiet=0.1, max_delay=5)
+    def burst():
+        for i in range(50):
+            d.add(f"f{i}.yaml")
+            time.sleep(0.002)
+    t = threading.Thread(target=burst)
+    t.start()
+    batch = d.take(timeout=5)
+    t.join()
+    assert batch == {f"f{i}.yaml" for i in range(50)}
+    assert d.take(timeout=0.05) == set()
+
+
+def test_a_steady_stream_still_flushes_after_max_delay():
+    d = Debouncer(quiet=0.2, max_delay=0.3)
+    stop = threading.Event()
+    def stream():
+        i = 0
+        while not stop.is_set():
+            d.add(f"f{i}.yaml")
+            i += 1
+            time.sleep(0.01)
+    t = threading.Thread(target=stream)
+    t.start()
+    start = time.monotonic()
+    batch = d.take(timeout=5)
+    stop.set()
+    t.join()
+    assert batch and time.monotonic() - start < 1.0
