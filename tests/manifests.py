@@ -7,7 +7,7 @@ from __future__ import annotations
 def manifest(
     namespace: str,
     *,
-    type: str = "Service",  # noqa: A002 - the manifest's own word
+    type: str = "Service",
     version: str = "1.0.0",
     title: str | None = None,
     extra: str = "",

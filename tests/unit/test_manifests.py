@@ -62,11 +62,17 @@ def test_a_manifest_with_every_real_world_variation_is_accepted(tmp_path):
     assert cap.metadata["dc_date"] == "2025-11-15"  # a YAML date, stored as text
     assert cap.document["adoption"] == {"teams": 3}
     assert cap.dependencies == [
-        {"capability": "chora.infrastructure.sap_framework", "version": "^1.0.0",
-         "relationship": "prerequisite"},
+        {
+            "capability": "chora.infrastructure.sap_framework",
+            "version": "^1.0.0",
+            "relationship": "prerequisite",
+        },
         {"capability": "chora.devex.interface_design", "version": "*", "relationship": "requires"},
-        {"capability": "chora.awareness.sap_self_evaluation", "version": "*",
-         "relationship": "recommends"},
+        {
+            "capability": "chora.awareness.sap_self_evaluation",
+            "version": "*",
+            "relationship": "recommends",
+        },
     ]
 
 
@@ -95,8 +101,21 @@ def test_a_normal_anchor_and_alias_is_allowed(tmp_path):
 
 @pytest.mark.parametrize(
     "namespace",
-    ["Chora.devex", "single", "a/b.c", "a..b", "'a.b c'", "../etc.passwd", ".a.b", "a.b.",
-     "a.b.c.d.e.f.g.h.i", "a." + "b" * 252, "'a.b\\x00'", "-a.b", "'a.b\\n'"],
+    [
+        "Chora.devex",
+        "single",
+        "a/b.c",
+        "a..b",
+        "'a.b c'",
+        "../etc.passwd",
+        ".a.b",
+        "a.b.",
+        "a.b.c.d.e.f.g.h.i",
+        "a." + "b" * 252,
+        "'a.b\\x00'",
+        "-a.b",
+        "'a.b\\n'",
+    ],
 )
 def test_an_illegal_namespace_is_rejected_naming_the_file(tmp_path, namespace):
     text = manifest("x.y").replace("dc_identifier: x.y", f"dc_identifier: {namespace}")
@@ -130,12 +149,18 @@ def test_deep_nesting_is_rejected_without_a_recursion_error(tmp_path):
         (manifest("a.b") + "---\n" + manifest("a.c"), "more than one YAML document"),
         ("- a\n- b\n", "top level is a list"),
         ("metadata: {dc_identifier: a.b, dc_type: Service, dc_hasVersion: 1.0.0}", "dc_title"),
-        ("metadata: {dc_identifier: a.b, dc_title: T, dc_type: Tool, dc_hasVersion: 1.0.0}",
-         "neither Service nor Pattern"),
-        ("metadata: {dc_identifier: a.b, dc_title: T, dc_type: Service, dc_hasVersion: 1.10}",
-         "quote it"),
-        ("metadata: {dc_identifier: a.b, dc_title: T, dc_type: Service, dc_hasVersion: '1.0'}",
-         "not SemVer"),
+        (
+            "metadata: {dc_identifier: a.b, dc_title: T, dc_type: Tool, dc_hasVersion: 1.0.0}",
+            "neither Service nor Pattern",
+        ),
+        (
+            "metadata: {dc_identifier: a.b, dc_title: T, dc_type: Service, dc_hasVersion: 1.10}",
+            "quote it",
+        ),
+        (
+            "metadata: {dc_identifier: a.b, dc_title: T, dc_type: Service, dc_hasVersion: '1.0'}",
+            "not SemVer",
+        ),
         ("   \n", "empty file"),
         ("# only a comment\n", "empty file"),
         (b"metadata: {dc_title: \xff\xfe}\n", "not UTF-8"),
@@ -167,8 +192,15 @@ def test_a_symlink_leading_outside_the_directory_is_not_followed(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "is_manifest"),
-    [("a.yaml", True), ("a.yml", True), ("a.json", False), ("README.md", False),
-     (".a.yaml.swp", False), (".hidden.yaml", False), ("a.yaml~", False)],
+    [
+        ("a.yaml", True),
+        ("a.yml", True),
+        ("a.json", False),
+        ("README.md", False),
+        (".a.yaml.swp", False),
+        (".hidden.yaml", False),
+        ("a.yaml~", False),
+    ],
 )
 def test_only_yaml_files_are_manifests(name, is_manifest):
     assert manifests.is_manifest_name(name) is is_manifest

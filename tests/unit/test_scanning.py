@@ -71,10 +71,12 @@ def test_changes_are_packed_whole_into_transactions_of_at_most_128_operations(tm
 
 def test_a_burst_of_events_is_delivered_as_one_batch_once_quiet():
     d = Debouncer(quiet=0.1, max_delay=5)
+
     def burst():
         for i in range(50):
             d.add(f"f{i}.yaml")
             time.sleep(0.002)
+
     t = threading.Thread(target=burst)
     t.start()
     batch = d.take(timeout=5)
@@ -86,12 +88,14 @@ def test_a_burst_of_events_is_delivered_as_one_batch_once_quiet():
 def test_a_steady_stream_still_flushes_after_max_delay():
     d = Debouncer(quiet=0.2, max_delay=0.3)
     stop = threading.Event()
+
     def stream():
         i = 0
         while not stop.is_set():
             d.add(f"f{i}.yaml")
             i += 1
             time.sleep(0.01)
+
     t = threading.Thread(target=stream)
     t.start()
     start = time.monotonic()
