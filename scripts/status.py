@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""The registry at a glance: members, leader, DB sizes, the last sync, live heartbeats.
+
+    python scripts/status.py [--endpoints h:p,h:p,h:p] [--json]
+
+Exit codes: 0 every member healthy with one leader, 1 degraded (a member down, no
+leader), 2 no member reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.core import keys, topology
+from services.core.store import Store, StoreError, parse_endpoints
+
+EXIT_OK, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--endpoints",
+        default=os.environ.get("ETCD_ENDPOINTS", ",".join(topology.DEFAULT_ENDPOINTS)),
+        help="etcd members, host:port,... (env ETCD_ENDPOINTS; default %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    p.add_argument("--timeout", type=float, default=2.0,
+                   help="deadline of each etcd call in seconds (default %(default)s)")
+    return p
+
+
+def _member(endpoint: str, timeout: float) -> dict[str, Any]:
+    try:
+        with Store([endpoint], timeout=timeout) as one:
+            status = one.member_status()
+    except (StoreError, OSError, ValueError) as exc:
+        return {"endpoint": endpoint, "healthy": False, "error": str(exc)}
+    return {"endpoint": endpoint, "healthy": True, **status}
+
+
+def collect(endpoints: list[str], timeout: float = 2.0) -> dict[str, Any]:
+    """Everything the report shows, as plain data; raises ``StoreError`` when no member
+    can be reached at all."""
+    members = [_member(e, timeout) for e in endpoints]
+    with Store(endpoints, timeout=timeout) as store:
+        try:
+            names = {m["id"]: m["name"] for m in store.members()}
+        except StoreError:
+            if not any(m["healthy"] for m in members):
+                raise
+            names = {}
+        for m in members:
+            if m["healthy"]:
+                m["name"] = names.get(m["member_id"], "?")
+        leaders = {m["leader"] for m in members if m["healthy"] and m["leader"]}
+        leader = next(iter(leaders)) if len(leaders) == 1 else None
+        try:
+            kvs, revision = store.get_prefix(keys.CAPABILITIES, keys_only=True)
+            sync = store.get(keys.SYNC_STATUS)
+            readable = True
+        except StoreError:  # members answer, but there is no quorum for a read
+            kvs, revision, sync, readable = {}, 0, None, False
+    parts = [keys.split(k) for k in kvs]
+    capabilities = sorted({p[0] for p in parts if p and p[1] == keys.TYPE})
+    health = sorted({p[0] for p in parts if p and p[1] == keys.HEALTH})
+    last_sync: dict[str, Any] | None = None
+    if sync is not None:
+        try:
+            last_sync = json.loads(sync.value)
+        except ValueError:
+            last_sync = {"unreadable": sync.value.decode(errors="replace")}
+        last_sync["revision"] = sync.mod_revision
+    return {
+        "endpoints": endpoints,
+        "members": members,
+        "leader": names.get(leader) if leader else None,
+        "quorum": readable,
+        "revision": revision,
+        "capabilities": len(capabilities),
+        "live_health_keys": len(health),
+        "health_keys": health,
+        "last_sync": last_sync,
+    }
+
+
+def healthy(report: dict[str, Any]) -> bool:
+    return (
+        all(m["healthy"] for m in report["members"])
+        and report["leader"] is not None
+        and report["quorum"]
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def render(report: dict[str, Any]) -> str:
+    rows = [("MEMBER", "ENDPOINT", "HEALTH", "ROLE", "DB SIZE", "RAFT TERM", "REVISION")]
+    for m in report["members"]:
+        if m["healthy"]:
+            rows.append((m["name"], m["endpoint"], "healthy",
+                         "leader" if m["is_leader"] else "follower", _size(m["db_size"]),
+                         str(m["raft_term"]), str(m["revision"])))
+        else:
+            rows.append(("?", m["endpoint"], "DOWN", "-", "-", "-", "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    lines.append("")
+    lines.append(f"leader:        {report['leader'] or 'NONE'}"
+                 + ("" if report["quorum"] else "  (no quorum: reads fail)"))
+    lines.append(f"capabilities:  {report['capabilities']}")
+    lines.append(f"live health:   {report['live_health_keys']}"
+                 + (f"  ({', '.join(report['health_keys'])})" if report["health_keys"] else ""))
+    sync = report["last_sync"]
+    if sync is None:
+        lines.append("last sync:     never (no /chora/sync/status key)")
+    else:
+        commit = sync.get("commit") or "-"
+        dirty = {True: " (dirty tree)", False: "", None: ""}.get(sync.get("dirty"), "")
+        errors = sync.get("errors") or []
+        lines.append(f"last sync:     commit {commit[:12]}{dirty}, "
+                     f"{sync.get('capabilities', '?')} capabilities, {len(errors)} error(s), "
+                     f"at revision {sync['revision']}")
+        for err in errors:
+            where = f" [{err['namespace']}]" if err.get("namespace") else ""
+            lines.append(f"  error: {err.get('file')}{where}: {err.get('reason')}")
+    lines.append("")
+    lines.append("status:        " + ("OK" if healthy(report) else "DEGRADED"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        endpoints = parse_endpoints(args.endpoints)
+        report = collect(endpoints, args.timeout)
+    except (StoreError, OSError, ValueError) as exc:
+        if args.json:
+            print(json.dumps({"endpoints": args.endpoints, "error": str(exc)}))
+        else:
+            print(f"cannot reach etcd at {args.endpoints}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return EXIT_OK if healthy(report) else EXIT_DEGRADED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
