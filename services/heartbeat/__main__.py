@@ -1,0 +1,5 @@
+import sys
+
+from services.heartbeat.cli import main
+
+sys.exit(main())

@@ -1,0 +1,431 @@
+"""The scheduler: one loop beats every service, none waits for another.
+
+Each tick takes the services whose beat is due, refreshes all their leases over ONE
+keep-alive stream (``Store.keepalive``), grants a lease just in time where etcd no longer
+knows one, and writes their health records in batched transactions (at most
+``MAX_TXN_OPS`` puts each, every put on its own service's lease). Probes run on a thread
+pool and only leave their latest result behind; a beat writes whatever result is
+latest, so a slow or hanging probe never delays anybody's beat. Beats are spread evenly
+over the interval, so 10,000 services make a steady stream of small rounds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+from services.core import keys
+from services.core.retry import Backoff
+from services.core.store import MAX_TXN_OPS, LeaseNotFound, Put, Store, StoreError
+from services.heartbeat.catalog import Adoption, diff
+from services.heartbeat.checks import NONE, Check, ProbeResult, run_probe
+from services.heartbeat.instruments import Instruments
+from services.heartbeat.schedule import Schedule, next_beat
+from services.heartbeat.sessions import Session
+from services.heartbeat.settings import Settings
+from services.heartbeat.states import DOWN, HEALTHY, Assessment, iso_utc, record
+
+KEEPALIVE_CHUNK = 1000  # lease ids per keep-alive stream
+TICK = 0.1  # longest sleep between two looks at the schedule
+Beat = tuple[Session, float, Assessment]  # session, scheduled time, what to write
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        instruments: Instruments,
+        log: object,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = instruments
+        self.log = log
+        self.clock = clock
+        self.sessions: dict[str, Session] = {}
+        self.schedule = Schedule()
+        self.probe_schedule = Schedule()
+        self._lock = threading.Lock()
+        self._pending: dict[str, Check] | None = None
+        self._hints: dict[str, Adoption] = {}
+        self._probe_results: deque[tuple[Session, Check, ProbeResult]] = deque()
+        self._revokes: deque[tuple[int, float, float]] = deque()  # lease, give up at, not before
+        self._probe_pool = ThreadPoolExecutor(settings.probe_workers, "probe")
+        self._lease_pool = ThreadPoolExecutor(settings.lease_workers, "lease")
+        self._backoff = Backoff(initial=0.2, cap=max(0.5, min(5.0, settings.interval / 2)))
+        self._late: dict[str, float] = {}  # first scheduled time of beats being retried
+        self.last_ok: float | None = None
+        self.last_error: str | None = None
+        self.applied = threading.Event()  # the first service set has been applied
+
+    # -- called from other threads -------------------------------------------------------
+
+    def update(self, desired: Mapping[str, Check], hints: Mapping[str, Adoption]) -> None:
+        """The whole desired service set (and adoption hints for services it may add)."""
+        with self._lock:
+            self._pending = dict(desired)
+            self._hints.update(hints)
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """For /healthz: did the last round reach etcd, recently enough?"""
+        now = self.clock()
+        fresh = self.settings.interval * 2 + self.settings.timeout
+        age = None if self.last_ok is None else round(now - self.last_ok, 3)
+        ok = self.last_error is None and age is not None and age <= fresh
+        return ok, {
+            "services": len(self.sessions),
+            "seconds_since_etcd_reached": age,
+            "error": self.last_error,
+        }
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            now = self.clock()
+            self._apply_pending(now)
+            self._collect_probe_results()
+            self._start_probes(now)
+            self._submit_revokes(now)
+            due = self.schedule.pop_due(now)
+            if due:
+                self._beat(due)
+            elif not self.sessions and self.applied.is_set():
+                self._ping(now)
+            nxt = self.schedule.next_due()
+            pause = TICK if nxt is None else min(TICK, max(0.0, nxt - self.clock()))
+            if pause:
+                stop.wait(pause)
+
+    def tick(self) -> None:
+        """One pass of the loop without sleeping (for tests and tools)."""
+        stop = threading.Event()
+        stop.set()
+        now = self.clock()
+        self._apply_pending(now)
+        self._collect_probe_results()
+        self._start_probes(now)
+        self._submit_revokes(now)
+        due = self.schedule.pop_due(now)
+        if due:
+            self._beat(due)
+
+    # -- the service set -----------------------------------------------------------------
+
+    def _apply_pending(self, now: float) -> None:
+        with self._lock:
+            desired, hints = self._pending, self._hints
+            self._pending, self._hints = None, {}
+        if desired is None:
+            return
+        d = diff({ns: s.check for ns, s in self.sessions.items()}, desired)
+        for ns in d.removed:
+            s = self.sessions.pop(ns)
+            self.schedule.remove(ns)
+            self._late.pop(ns, None)
+            self.probe_schedule.remove(ns)
+            if s.lease:
+                self._revokes.append((s.lease, now + self.settings.ttl, 0.0))
+            self.log.info("service left the set; revoking its lease", namespace=ns)
+        for ns, check in d.changed.items():
+            self.sessions[ns].change_check(check)
+            self._plan_probe(ns, check, now)
+            self.log.info("health check changed", namespace=ns, check=check.kind,
+                          target=check.target)
+        for ns, check in d.added.items():
+            s = Session.start(ns, check, keys.capability(ns, keys.HEALTH), hints.get(ns))
+            self.sessions[ns] = s
+            self._plan_probe(ns, check, now)
+            if len(d.added) <= 20:
+                self.log.info("service joined the set", namespace=ns, check=check.kind,
+                              adopted_lease=s.adopted, heartbeat_count=s.count)
+        self.schedule.spread(d.added, now, self.settings.interval)
+        if len(d.added) > 20:
+            adopted = sum(1 for ns in d.added if self.sessions[ns].adopted)
+            self.log.info("services joined the set", count=len(d.added), adopted_leases=adopted)
+        self.metrics.services.set(len(self.sessions))
+        self.applied.set()
+        if d.removed:
+            self._submit_revokes(now)
+
+    def _submit_revokes(self, now: float) -> None:
+        for _ in range(len(self._revokes)):
+            lease, give_up, not_before = self._revokes.popleft()
+            if now > give_up:
+                continue  # expired by now anyway
+            if now < not_before:
+                self._revokes.append((lease, give_up, not_before))
+                continue
+            fut = self._lease_pool.submit(self.store.revoke, lease)
+            fut.add_done_callback(lambda f, lease=lease, g=give_up: self._revoked(f, lease, g))
+
+    def _revoked(self, fut: Future[None], lease: int, give_up: float) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self._revokes.append((lease, give_up, self.clock() + 1.0))
+        else:
+            self.metrics.leases_revoked.inc()
+
+    # -- probes --------------------------------------------------------------------------
+
+    def _plan_probe(self, ns: str, check: Check, now: float) -> None:
+        if check.kind == NONE:
+            self.probe_schedule.remove(ns)
+        else:
+            self.probe_schedule.at(ns, now)
+
+    def _start_probes(self, now: float) -> None:
+        interval = self.settings.interval
+        for ns, when in self.probe_schedule.pop_due(now):
+            s = self.sessions.get(ns)
+            if s is None or s.check.kind == NONE:
+                continue
+            self.probe_schedule.at(ns, next_beat(when, now, interval))
+            if s.probe is not None and not s.probe.done():
+                running = now - s.probe_started
+                if running > s.check.timeout + 1.0:
+                    s.record_probe(ProbeResult(
+                        False, f"probe still running after {running:.0f}s", now))
+                continue
+            check = s.check
+            s.probe = self._probe_pool.submit(run_probe, check)
+            s.probe_started = now
+            s.probe.add_done_callback(lambda f, s=s, c=check: self._probe_done(s, c, f))
+
+    def _probe_done(self, s: Session, check: Check, fut: Future[tuple[bool, str]]) -> None:
+        if fut.cancelled():
+            return
+        try:
+            ok, reason = fut.result()
+        except Exception as exc:
+            ok, reason = False, f"probe error: {exc!r}"
+        self._probe_results.append((s, check, ProbeResult(ok, reason, self.clock())))
+
+    def _collect_probe_results(self) -> None:
+        while self._probe_results:
+            s, check, result = self._probe_results.popleft()
+            if self.sessions.get(s.namespace) is s and s.check == check:
+                s.record_probe(result)
+                self.metrics.probes.labels(check.kind, "ok" if result.ok else "fail").inc()
+
+    # -- beats ---------------------------------------------------------------------------
+
+    def _beat(self, due: list[tuple[str, float]]) -> None:
+        now = self.clock()
+        ttl, interval = self.settings.ttl, self.settings.interval
+        beats: list[Beat] = []
+        for ns, scheduled in due:
+            s = self.sessions.get(ns)
+            if s is None:
+                continue
+            a = s.assess(now, ttl)
+            if a.renew:
+                beats.append((s, scheduled, a))
+                continue
+            if s.status != DOWN:
+                self.log.warning(
+                    "service down: probe failing for longer than the TTL; its lease is no "
+                    "longer renewed and its health key expires", namespace=ns, reason=a.reason)
+                s.status = DOWN
+                s.lease = 0  # a recovery starts on a fresh lease
+            self.schedule.at(ns, next_beat(scheduled, now, interval))
+        if not beats:
+            return
+        try:
+            self._refresh([s for s, _, _ in beats])
+        except StoreError as exc:
+            self._failed(beats, exc)
+            return
+        unleased = [s for s, _, _ in beats if not s.lease]
+        failed: list[Beat] = []
+        error: StoreError | None = None
+        if unleased:
+            error = self._grant(unleased)
+            failed = [b for b in beats if not b[0].lease]
+            beats = [b for b in beats if b[0].lease]
+        written, not_written, write_error = self._write(beats)
+        done = self.clock()
+        self._written(written, done)
+        failed += not_written
+        error = write_error or error
+        if failed:
+            self._failed(failed, error or StoreError("lease grant failed"))
+        else:
+            self._backoff.reset()
+            self.last_ok, self.last_error = done, None
+
+    def _refresh(self, sessions: list[Session]) -> None:
+        """One keep-alive per lease, over one stream per chunk; unknown leases → lease 0."""
+        leased = [s for s in sessions if s.lease]
+        ttls: dict[int, int] = {}
+        for i in range(0, len(leased), KEEPALIVE_CHUNK):
+            ttls.update(self.store.keepalive(s.lease for s in leased[i:i + KEEPALIVE_CHUNK]))
+        self._lost([s for s in leased if ttls.get(s.lease, 0) <= 0])
+
+    def _lost(self, sessions: list[Session]) -> None:
+        fresh = [s for s in sessions if not s.lease_lost]
+        for s in sessions:
+            s.lease = 0
+            s.lease_lost = True
+        if not fresh:
+            return
+        self.metrics.lease_losses.inc(len(fresh))
+        adopted = sum(1 for s in fresh if s.adopted and s.count and s.status is not None)
+        self.log.warning(
+            "etcd no longer knows these leases (expired, revoked or restored); granting "
+            "new ones and rewriting the keys", count=len(fresh), adopted=adopted,
+            namespaces=[s.namespace for s in fresh[:10]],
+        )
+
+    def _grant(self, sessions: list[Session]) -> StoreError | None:
+        """A new lease for each session, in parallel; the last error, if any failed."""
+        futures = {self._lease_pool.submit(self.store.grant, self.settings.ttl): s
+                   for s in sessions}
+        done, _ = wait(futures, timeout=self.settings.timeout * 2 + 1)
+        error: StoreError | None = None
+        for fut, s in futures.items():
+            if fut in done and fut.exception() is None:
+                s.lease = fut.result()
+                s.adopted = False
+                self.metrics.leases_granted.inc()
+            else:
+                exc = fut.exception() if fut in done else None
+                error = exc if isinstance(exc, StoreError) else StoreError(repr(exc))
+        return error
+
+    def _write(self, beats: list[Beat]) -> tuple[list[Beat], list[Beat], StoreError | None]:
+        now, wall = self.clock(), time.time()
+        stamp = iso_utc(wall)
+        puts: list[tuple[Beat, Put]] = []
+        for b in beats:
+            s, _, a = b
+            s.count += 1  # also on a failed write: counts may skip, never repeat
+            since = None
+            if s.failing_since is not None:
+                since = iso_utc(wall - (now - s.failing_since))
+            value = record(
+                namespace=s.namespace, count=s.count, assessment=a, check_kind=s.check.kind,
+                timestamp=stamp, ttl=self.settings.ttl, interval=self.settings.interval,
+                failing_since=since,
+            )
+            puts.append((b, Put(s.key, value, s.lease)))
+        written: list[Beat] = []
+        failed: list[Beat] = []
+        error: StoreError | None = None
+        for i in range(0, len(puts), MAX_TXN_OPS):
+            batch = puts[i:i + MAX_TXN_OPS]
+            try:
+                self.store.txn([], [p for _, p in batch])
+                written += [b for b, _ in batch]
+            except LeaseNotFound:
+                w, f, e = self._write_each(batch)
+                written += w
+                failed += f
+                error = e or error
+            except StoreError as exc:
+                failed += [b for b, _ in batch]
+                error = exc
+        return written, failed, error
+
+    def _write_each(
+        self, batch: list[tuple[Beat, Put]]
+    ) -> tuple[list[Beat], list[Beat], StoreError | None]:
+        """A batch failed on a lease etcd just forgot: find it, replace it, write each."""
+        written: list[Beat] = []
+        failed: list[Beat] = []
+        error: StoreError | None = None
+        for b, put in batch:
+            s = b[0]
+            try:
+                try:
+                    self.store.txn([], [put])
+                except LeaseNotFound:
+                    self._lost([s])
+                    s.lease = self.store.grant(self.settings.ttl)
+                    s.adopted = False
+                    self.metrics.leases_granted.inc()
+                    self.store.txn([], [Put(put.key, put.value, s.lease)])
+                written.append(b)
+            except StoreError as exc:
+                failed.append(b)
+                error = exc
+        return written, failed, error
+
+    def _written(self, written: list[Beat], done: float) -> None:
+        if not written:
+            return
+        interval = self.settings.interval
+        lags = []
+        for s, scheduled, a in written:
+            scheduled = self._late.pop(s.namespace, scheduled)
+            lags.append(done - scheduled)
+            self.schedule.at(s.namespace, next_beat(scheduled, done, interval))
+            if a.status != s.status:
+                if s.status is not None or a.status != HEALTHY:
+                    self.log.info("status changed", namespace=s.namespace, status=a.status,
+                                  previous=s.status, reason=a.reason or None)
+                s.status = a.status
+            s.lease_lost = False
+        self.metrics.beats.inc(len(written))
+        self.metrics.observe_lags(lags)
+
+    def _failed(self, beats: list[Beat], error: StoreError) -> None:
+        """etcd was not reached: try these again soon, backing off (capped, no spin)."""
+        delay = self._backoff.next()
+        retry_at = self.clock() + delay
+        for s, scheduled, _ in beats:
+            # remember the first scheduled time: the lag measures how late it finally lands
+            self._late.setdefault(s.namespace, scheduled)
+            self.schedule.at(s.namespace, retry_at)
+        self.metrics.rounds_failed.inc()
+        first = self.last_error is None
+        self.last_error = str(error) or type(error).__name__
+        if first or self._backoff.failures % 20 == 0:
+            self.log.warning("beat round failed; retrying with backoff", error=self.last_error,
+                             services=len(beats), retry_in=round(delay, 2),
+                             failures=self._backoff.failures)
+
+    def _ping(self, now: float) -> None:
+        """No services: still prove, once per interval, that etcd is reachable (/healthz)."""
+        if self.last_ok is not None and now - self.last_ok < self.settings.interval:
+            return
+        try:
+            self.store.revision()
+        except StoreError as exc:
+            self.last_error = str(exc)
+            return
+        self.last_ok, self.last_error = self.clock(), None
+
+    # -- exit ----------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Leave the leases for a successor (refreshed one last time), or revoke them all."""
+        deadline = self.clock() + self.settings.shutdown_timeout
+        self._probe_pool.shutdown(wait=False, cancel_futures=True)
+        leases = [s.lease for s in self.sessions.values() if s.lease]
+        if self.settings.revoke_on_exit:
+            leases += [lease for lease, _, _ in self._revokes]
+            futures = [self._lease_pool.submit(self.store.revoke, lease) for lease in leases]
+            done, _ = wait(futures, timeout=max(0.1, deadline - self.clock()))
+            ok = sum(1 for f in done if f.exception() is None)
+            self.metrics.leases_revoked.inc(ok)
+            self.log.info("revoked leases on exit (--revoke-on-exit): health keys removed",
+                          revoked=ok, of=len(leases))
+        else:
+            refreshed = 0
+            try:
+                for i in range(0, len(leases), KEEPALIVE_CHUNK):
+                    if self.clock() > deadline:
+                        break
+                    refreshed += len(self.store.keepalive(leases[i:i + KEEPALIVE_CHUNK]))
+            except StoreError as exc:
+                self.log.warning("final lease refresh failed", error=str(exc))
+            self.log.info(
+                "leaving leases in place for a successor: health keys stay for one TTL",
+                leases=len(leases), refreshed=refreshed, ttl=self.settings.ttl)
+        self._lease_pool.shutdown(wait=False, cancel_futures=True)

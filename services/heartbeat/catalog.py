@@ -1,0 +1,108 @@
+"""Which services to heartbeat: pure functions over what etcd (or a directory) holds.
+
+The set is every namespace under ``/chora/capabilities/`` whose ``type`` key is
+``service``; its probe comes from the ``manifest`` key the sync writes. Existing
+``health`` keys give adoption hints: the lease and count a previous daemon left behind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from services.core import keys
+from services.heartbeat.checks import NO_CHECK, Check, check_from_document
+from services.heartbeat.states import parse_record
+
+
+@dataclass(frozen=True, slots=True)
+class Adoption:
+    """What a previous daemon left on a health key: reuse the lease, continue the count."""
+
+    lease: int
+    count: int
+    status: str | None
+
+
+@dataclass
+class Entry:
+    """One namespace as far as the heartbeat cares."""
+
+    type: str | None = None
+    check: Check = NO_CHECK
+
+
+class Mirror:
+    """The ``type`` and ``manifest`` keys of every capability, kept current by events."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+
+    def apply(self, key: str, value: bytes | None) -> bool:
+        """A put (value) or delete (None) of ``key``; True when the service set may differ."""
+        parts = keys.split(key)
+        if parts is None:
+            return False
+        namespace, name = parts
+        if name not in (keys.TYPE, keys.MANIFEST):
+            return False
+        entry = self.entries.setdefault(namespace, Entry())
+        if name == keys.TYPE:
+            entry.type = value.decode(errors="replace").strip().lower() if value else None
+        else:
+            entry.check = _check(value)
+        if entry.type is None and entry.check == NO_CHECK:
+            del self.entries[namespace]
+        return True
+
+    def services(self) -> dict[str, Check]:
+        return {ns: e.check for ns, e in self.entries.items() if e.type == "service"}
+
+    @classmethod
+    def from_kvs(cls, kvs: Mapping[str, bytes]) -> Mirror:
+        mirror = cls()
+        for key, value in kvs.items():
+            mirror.apply(key, value)
+        return mirror
+
+
+def _check(value: bytes | None) -> Check:
+    if not value:
+        return NO_CHECK
+    try:
+        return check_from_document(json.loads(value))
+    except (ValueError, UnicodeDecodeError):
+        return NO_CHECK
+
+
+def adoptions(health: Iterable[tuple[str, bytes, int]]) -> dict[str, Adoption]:
+    """``(key, value, lease)`` of stored keys → adoption hints per namespace."""
+    out: dict[str, Adoption] = {}
+    for key, value, lease in health:
+        parts = keys.split(key)
+        if parts is None or parts[1] != keys.HEALTH:
+            continue
+        data = parse_record(value) or {}
+        count = data.get("heartbeat_count")
+        status = data.get("status")
+        out[parts[0]] = Adoption(
+            lease=lease,
+            count=count if isinstance(count, int) and not isinstance(count, bool) else 0,
+            status=status if isinstance(status, str) else None,
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Diff:
+    added: dict[str, Check]
+    removed: list[str]
+    changed: dict[str, Check]
+
+
+def diff(current: Mapping[str, Check], desired: Mapping[str, Check]) -> Diff:
+    added = {ns: c for ns, c in desired.items() if ns not in current}
+    removed = [ns for ns in current if ns not in desired]
+    changed = {ns: c for ns, c in desired.items() if ns in current and current[ns] != c}
+    return Diff(added, removed, changed)

@@ -1,0 +1,145 @@
+"""Where the service set comes from: etcd (default) or a directory of manifests.
+
+Etcd: read the prefix at revision R, watch from R + 1 so nothing falls between them,
+re-create the watch with backoff when it fails, re-read when the revision was compacted,
+and re-read everything every ``resync`` seconds anyway (a watch on a member cut off from
+the majority reports nothing). Each change hands the whole desired set to the scheduler,
+which applies the difference: reconcile, don't replay.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from services.core import keys, manifests
+from services.core.retry import Backoff
+from services.core.store import Compacted, Store, StoreError
+from services.heartbeat.catalog import Adoption, Mirror, adoptions
+from services.heartbeat.checks import Check, check_from_document
+
+Update = Callable[[Mapping[str, Check], Mapping[str, Adoption]], None]
+
+
+def read_health(store: Store) -> tuple[dict[str, bytes], dict[str, Adoption], int]:
+    """Every capability key (value) and the adoption hints, at one revision."""
+    kvs, revision = store.get_prefix(keys.CAPABILITIES)
+    values = {k: kv.value for k, kv in kvs.items()}
+    hints = adoptions((k, kv.value, kv.lease) for k, kv in kvs.items())
+    return values, hints, revision
+
+
+class EtcdDiscovery(threading.Thread):
+    def __init__(self, store: Store, update: Update, log: object, *, resync: float) -> None:
+        super().__init__(name="discovery", daemon=True)
+        self.store, self.update, self.log, self.resync = store, update, log, resync
+        self._halt = threading.Event()
+        self._watch_lock = threading.Lock()
+        self._watch: object | None = None
+
+    def stop(self) -> None:
+        self._halt.set()
+        with self._watch_lock:
+            if self._watch is not None:
+                self._watch.cancel()  # type: ignore[attr-defined]
+
+    def run(self) -> None:
+        backoff = Backoff(initial=0.2, cap=5.0)
+        while not self._halt.is_set():
+            try:
+                values, hints, revision = read_health(self.store)
+            except StoreError as exc:
+                delay = backoff.next()
+                self.log.warning("reading the capabilities failed; retrying", error=str(exc),
+                                 retry_in=round(delay, 2))
+                self._halt.wait(delay)
+                continue
+            mirror = Mirror.from_kvs(values)
+            self.update(mirror.services(), hints)
+            try:
+                self._follow(mirror, revision + 1, backoff)
+            except Compacted as exc:
+                self.log.info("watch revision compacted; re-reading", revision=exc.revision)
+            except StoreError as exc:
+                delay = backoff.next()
+                self.log.warning("capability watch failed; re-reading", error=str(exc),
+                                 retry_in=round(delay, 2))
+                self._halt.wait(delay)
+
+    def _follow(self, mirror: Mirror, start: int, backoff: Backoff) -> None:
+        """Apply watch events until the stream fails or the resync timer cancels it."""
+        with self._watch_lock:
+            if self._halt.is_set():
+                return
+            watch = self.store.watch_prefix(keys.CAPABILITIES, start)
+            self._watch = watch
+        timer = threading.Timer(self.resync, watch.cancel)
+        timer.daemon = True
+        timer.start()
+        try:
+            for events in watch:
+                backoff.reset()
+                changed = False
+                for ev in events:
+                    changed |= mirror.apply(ev.kv.key, ev.kv.value if ev.kind == "put" else None)
+                if changed:
+                    self.update(mirror.services(), {})
+        finally:
+            timer.cancel()
+            watch.cancel()
+            with self._watch_lock:
+                self._watch = None
+
+
+class DirectoryDiscovery(threading.Thread):
+    """``--capabilities DIR``: the Service manifests in a directory, rescanned every
+    ``period`` seconds; the health keys in etcd are read once, for adoption."""
+
+    def __init__(
+        self, store: Store, directory: Path, update: Update, log: object, *, period: float
+    ) -> None:
+        super().__init__(name="discovery", daemon=True)
+        self.store, self.directory, self.update, self.log = store, directory, update, log
+        self.period = period
+        self._halt = threading.Event()
+        self._reported: dict[str, str] = {}
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def scan(self) -> dict[str, Check]:
+        found: dict[str, Check] = {}
+        errors: dict[str, str] = {}
+        paths = sorted(self.directory.iterdir()) if self.directory.is_dir() else []
+        for path in paths:
+            if not path.is_file() or not manifests.is_manifest_name(path.name):
+                continue
+            try:
+                cap = manifests.load(path, self.directory)
+            except manifests.ManifestError as exc:
+                errors[str(path)] = exc.reason
+                continue
+            if cap.type == "service":
+                found[cap.namespace] = check_from_document(cap.document)
+        for path, reason in errors.items():
+            if self._reported.get(path) != reason:
+                self.log.error("manifest skipped", path=path, reason=reason)
+        self._reported = errors
+        return found
+
+    def run(self) -> None:
+        backoff = Backoff(initial=0.2, cap=5.0)
+        hints: dict[str, Adoption] = {}
+        while not self._halt.is_set():
+            try:
+                _, hints, _ = read_health(self.store)
+                break
+            except StoreError as exc:
+                self._halt.wait(backoff.next())
+                self.log.warning("reading existing health keys failed; retrying",
+                                 error=str(exc))
+        while not self._halt.is_set():
+            self.update(self.scan(), hints)
+            hints = {}
+            self._halt.wait(self.period)

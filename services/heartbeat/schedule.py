@@ -1,0 +1,62 @@
+"""When each service beats next: a heap of due times, spread evenly over the interval.
+
+Pure (times are passed in), so the spreading and ordering are unit-tested without etcd.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+
+class Schedule:
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._due
+
+    def at(self, name: str, when: float) -> None:
+        self._due[name] = when
+        heapq.heappush(self._heap, (when, name))
+
+    def spread(self, names: Iterable[str], now: float, interval: float) -> None:
+        """Schedule ``names`` from ``now`` on, evenly over one ``interval``: a thousand
+        services added at once make a steady stream of small rounds, not one spike."""
+        names = list(names)
+        step = interval / len(names) if names else 0.0
+        for i, name in enumerate(names):
+            self.at(name, now + i * step)
+
+    def remove(self, name: str) -> None:
+        self._due.pop(name, None)  # its heap entry is skipped when it surfaces
+
+    def due_at(self, name: str) -> float | None:
+        return self._due.get(name)
+
+    def pop_due(self, now: float, limit: int | None = None) -> list[tuple[str, float]]:
+        """Every (name, scheduled time) due by ``now``, earliest first; they leave the
+        schedule until ``at`` puts them back."""
+        out: list[tuple[str, float]] = []
+        while self._heap and self._heap[0][0] <= now and (limit is None or len(out) < limit):
+            when, name = heapq.heappop(self._heap)
+            if self._due.get(name) == when:
+                del self._due[name]
+                out.append((name, when))
+        return out
+
+    def next_due(self) -> float | None:
+        while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+
+def next_beat(scheduled: float, now: float, interval: float) -> float:
+    """The next beat keeps its phase, unless the daemon fell a whole interval behind;
+    then it beats one interval from now rather than in a catch-up burst."""
+    nxt = scheduled + interval
+    return nxt if nxt > now else now + interval

@@ -1,0 +1,45 @@
+"""The daemon's settings, grouped in one typed object; the CLI and the environment are
+read only in ``cli.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    endpoints: tuple[str, ...]
+    """etcd client endpoints, host:port."""
+    ttl: int = 30
+    """Lease TTL in seconds: a health key outlives its last refresh by this much."""
+    interval: float = 10.0
+    """Seconds between two beats (lease refresh + record write) of one service, and
+    between two probes of it."""
+    capabilities_dir: Path | None = None
+    """Take the service set from manifests in this directory instead of from etcd."""
+    revoke_on_exit: bool = False
+    """On SIGTERM/SIGINT revoke every lease (keys vanish) instead of leaving them."""
+    metrics_port: int | None = None
+    """Serve /metrics and /healthz on this port (None: off)."""
+    metrics_host: str = "0.0.0.0"
+    resync: float = 60.0
+    """Seconds between full re-reads of the capability prefix (a watch on a member cut
+    off from the majority reports nothing, so the read is the safety net)."""
+    timeout: float = 3.0
+    """Deadline of every etcd call."""
+    probe_workers: int = 32
+    """Threads running probes; a hanging probe holds one of them up to its timeout."""
+    lease_workers: int = 16
+    """Threads granting/revoking leases in parallel (startup, or after a long outage)."""
+    shutdown_timeout: float = 5.0
+    """Upper bound on the final refresh (or revoke) at exit."""
+
+    def __post_init__(self) -> None:
+        if self.ttl < 2:
+            raise ValueError("ttl must be at least 2 seconds (etcd's minimum lease TTL)")
+        if not 0 < self.interval < self.ttl:
+            raise ValueError(
+                f"interval ({self.interval}s) must be positive and shorter than ttl "
+                f"({self.ttl}s), or every key expires between two beats"
+            )
