@@ -11,6 +11,7 @@ over the interval, so 10,000 services make a steady stream of small rounds.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import deque
@@ -60,6 +61,7 @@ class Heartbeat:
         self._lease_pool = ThreadPoolExecutor(settings.lease_workers, "lease")
         self._backoff = Backoff(initial=0.2, cap=max(0.5, min(5.0, settings.interval / 2)))
         self._late: dict[str, float] = {}  # first scheduled time of beats being retried
+        self._last_attempt = float("-inf")  # last round or ping that tried to reach etcd
         self.last_ok: float | None = None
         self.last_error: str | None = None
         self.applied = threading.Event()  # the first service set has been applied
@@ -96,8 +98,8 @@ class Heartbeat:
             due = self.schedule.pop_due(now)
             if due:
                 self._beat(due)
-            elif not self.sessions and self.applied.is_set():
-                self._ping(now)
+            elif self.applied.is_set():
+                self._ping(now)  # no beat due: prove etcd is reachable once per interval
             nxt = self.schedule.next_due()
             pause = TICK if nxt is None else min(TICK, max(0.0, nxt - self.clock()))
             if pause:
@@ -217,6 +219,7 @@ class Heartbeat:
 
     def _beat(self, due: list[tuple[str, float]]) -> None:
         now = self.clock()
+        self._last_attempt = now
         ttl, interval = self.settings.ttl, self.settings.interval
         beats: list[Beat] = []
         for ns, scheduled in due:
@@ -364,7 +367,7 @@ class Heartbeat:
         for s, scheduled, a in written:
             scheduled = self._late.pop(s.namespace, scheduled)
             lags.append(done - scheduled)
-            self.schedule.at(s.namespace, next_beat(scheduled, done, interval))
+            self.schedule.at(s.namespace, next_beat(scheduled, done, interval, random.random()))
             if a.status != s.status:
                 if s.status is not None or a.status != HEALTHY:
                     self.log.info("status changed", namespace=s.namespace, status=a.status,
@@ -391,9 +394,10 @@ class Heartbeat:
                              failures=self._backoff.failures)
 
     def _ping(self, now: float) -> None:
-        """No services: still prove, once per interval, that etcd is reachable (/healthz)."""
-        if self.last_ok is not None and now - self.last_ok < self.settings.interval:
+        """No round lately (no services, or all down): prove etcd is reachable (/healthz)."""
+        if now - self._last_attempt < self.settings.interval:
             return
+        self._last_attempt = now
         try:
             self.store.revision()
         except StoreError as exc:

@@ -55,8 +55,10 @@ class Schedule:
         return self._heap[0][0] if self._heap else None
 
 
-def next_beat(scheduled: float, now: float, interval: float) -> float:
-    """The next beat keeps its phase, unless the daemon fell a whole interval behind;
-    then it beats one interval from now rather than in a catch-up burst."""
+def next_beat(scheduled: float, now: float, interval: float, spread: float = 1.0) -> float:
+    """The next beat keeps its phase, unless the daemon fell a whole interval behind
+    (an outage). Then it beats again within one interval from now, at a point given by
+    ``spread`` in [0, 1] (the caller passes a random number), so services delayed
+    together by an outage spread out again instead of beating in lockstep forever."""
     nxt = scheduled + interval
-    return nxt if nxt > now else now + interval
+    return nxt if nxt > now else now + interval * (0.5 + 0.5 * spread)

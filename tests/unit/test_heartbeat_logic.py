@@ -54,7 +54,8 @@ def test_schedule_returns_only_what_is_due_earliest_first_and_forgets_removed():
 
 def test_next_beat_keeps_phase_but_never_bursts_to_catch_up():
     assert next_beat(10.0, now=10.3, interval=10.0) == 20.0
-    assert next_beat(10.0, now=35.0, interval=10.0) == 45.0
+    assert next_beat(10.0, now=35.0, interval=10.0, spread=1.0) == 45.0
+    assert next_beat(10.0, now=35.0, interval=10.0, spread=0.0) == 40.0
 
 
 def test_a_service_without_a_check_is_healthy_and_says_no_probe_backs_it():
