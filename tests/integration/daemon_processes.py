@@ -20,9 +20,10 @@ def sync_command(endpoints: list[str], capabilities: Path = CAPABILITIES) -> lis
             "--etcd-timeout", "1", "--log-level", "warning"]
 
 
-def heartbeat_command(endpoints: list[str], capabilities: Path = CAPABILITIES) -> list[str]:
-    return [sys.executable, "-m", "services.heartbeat", "--capabilities", str(capabilities),
-            "--endpoints", ",".join(endpoints), "--ttl", "3", "--interval", "1"]
+def heartbeat_command(endpoints: list[str]) -> list[str]:
+    """As compose and `make up` run it: the services are learned from etcd."""
+    return [sys.executable, "-m", "services.heartbeat", "--endpoints", ",".join(endpoints),
+            "--ttl", "3", "--interval", "1"]
 
 
 @contextmanager

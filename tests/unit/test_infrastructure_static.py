@@ -123,25 +123,34 @@ def _compose_endpoints() -> str:
 
 @pytest.mark.parametrize("name", sorted(DAEMONS))
 def test_compose_daemon_command_parses_with_the_daemons_own_parser(compose, name, monkeypatch):
-    module, _ = DAEMONS[name]
+    module, target = DAEMONS[name]
     service = compose["services"][name]
     command = service["command"]
     assert command[:3] == ["python", "-m", module]
-    environment = {k: str(v) for k, v in service["environment"].items()}
+    # What the process sees: the image's ENV, overridden by compose's environment.
+    image = {k: v for k, v in _image_env(target).items() if not k.startswith(("PYTHON", "PIP"))}
+    environment = {**image, **{k: str(v) for k, v in service["environment"].items()}}
+    for key in ("ETCD_ENDPOINTS", "CAPABILITIES_DIR", "METRICS_PORT"):
+        monkeypatch.delenv(key, raising=False)
     for key, value in environment.items():
         monkeypatch.setenv(key, value)
     cli = importlib.import_module(f"{module}.cli")
     parser = cli.build_parser()
     help_text = " ".join(parser.format_help().split())
     unread = [key for key in environment if f"env {key}" not in help_text]
-    assert unread == [], f"{name} sets variables its CLI does not read: {unread}"
+    assert unread == [], f"{name}: image or compose sets variables its CLI does not read: {unread}"
 
     args = parser.parse_args(command[3:])  # exits (SystemExit) on an unknown flag
     assert environment["ETCD_ENDPOINTS"] == _compose_endpoints()
     assert args.endpoints == _compose_endpoints()
-    assert str(args.capabilities) == "/app/capabilities"
     assert args.metrics_port == int(environment["METRICS_PORT"])
-    if name == "heartbeat":
+    if name == "gitops-sync":
+        assert str(args.capabilities) == "/app/capabilities"
+        assert "../../capabilities:/app/capabilities:ro" in service["volumes"]
+    else:
+        # Learns the services from etcd, as `make up` runs it: no directory, no mount.
+        assert args.capabilities is None
+        assert "volumes" not in service
         assert args.ttl >= 2 * args.interval, "a lease must survive a missed beat"
 
 
@@ -158,8 +167,6 @@ def test_compose_daemon_waits_for_healthy_members_and_is_health_checked(compose,
     url = re.search(r"http://[^'\"]+", probe)
     assert url, probe
     assert urlparse(url.group()).port == port and urlparse(url.group()).path == "/healthz"
-    # The capabilities directory is mounted read-only where the CLI is told to look.
-    assert "../../capabilities:/app/capabilities:ro" in service["volumes"]
     _, target = DAEMONS[name]
     assert service["build"] == {
         "context": "../..", "dockerfile": "infrastructure/etcd/Dockerfile", "target": target,
@@ -193,6 +200,14 @@ def _instructions(stage: str) -> list[str]:
     own = stages[stage]
     parent = own[0].split()[1]
     return (_instructions(parent) if parent in stages else []) + own
+
+
+def _image_env(stage: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in _instructions(stage):
+        if line.startswith("ENV "):
+            env.update(pair.split("=", 1) for pair in line[4:].split())
+    return env
 
 
 def _hadolint() -> str | None:
