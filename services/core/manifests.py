@@ -44,6 +44,10 @@ class ManifestError(Exception):
         self.reason = reason
         self.namespace = namespace
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None]]:
+        """Picklable with its fields, for the parsing process pool."""
+        return (type(self), (self.path, self.reason, self.namespace))
+
 
 def is_manifest_name(name: str) -> bool:
     return name.endswith(MANIFEST_SUFFIXES) and not name.startswith(".")
@@ -67,7 +71,12 @@ class _StrictLoader(_Loader):  # type: ignore[misc,valid-type]
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
+            if isinstance(key_node, yaml.ScalarNode):
+                key: Any = (self.resolve(yaml.ScalarNode, key_node.value, (True, False))
+                            if key_node.tag is None else key_node.tag, key_node.value)
+                shown = key_node.value
+            else:
+                key = shown = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen
                 seen.add(key)
@@ -77,9 +86,23 @@ class _StrictLoader(_Loader):  # type: ignore[misc,valid-type]
                 ) from None
             if duplicate:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                    None, None, f"duplicate key {shown!r}", key_node.start_mark
                 )
         return super().construct_mapping(node, deep=deep)
+
+
+def _surely_shallow(text: str) -> bool:
+    """A cheap, conservative proof that a document has no anchors and nests less than
+    MAX_DEPTH levels, so the event pass can be skipped for ordinary manifests.
+
+    A nesting level opens with ``[``, ``{``, ``- ``, ``? `` or a deeper indentation (a
+    block sequence may share its parent key's column, hence the factor 2)."""
+    if "&" in text:
+        return False
+    indent = max((len(line) - len(line.lstrip(" ")) for line in text.splitlines()), default=0)
+    openers = (text.count("[") + text.count("{") + text.count("- ") + text.count("? ")
+               + text.count("-\n") + text.count("-\t"))
+    return 2 * (indent + 1) + openers < MAX_DEPTH
 
 
 def _check_shape(text: str) -> None:
@@ -141,7 +164,10 @@ def _json_safe(value: Any) -> Any:
 
 
 def parse_yaml(text: str) -> Any:
-    _check_shape(text)
+    if not _surely_shallow(text):
+        # libyaml's composer recurses in C: a deeply nested document would crash the
+        # process (SIGSEGV), not raise, so depth must be proven before composing.
+        _check_shape(text)
     return yaml.load(text, Loader=_StrictLoader)
 
 
@@ -291,6 +317,8 @@ def load(path: Path, root: Path) -> Capability:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if "found another document" in problem:
+            raise ManifestError(path, "more than one YAML document; a manifest is one") from None
         raise ManifestError(path, f"invalid YAML{where}: {problem}") from None
     except (ValueError, RecursionError) as exc:
         raise ManifestError(path, str(exc) or "nested too deeply") from None

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import etcd3
 import grpc
 from etcd3 import etcdrpc
+from etcd3.etcdrpc import kv_pb2
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 MAX_REQUEST_BYTES = 1_400_000  # etcd's default --max-request-bytes is 1.5 MiB; keep headroom
@@ -116,7 +117,7 @@ def _error(exc: grpc.RpcError) -> StoreError:
     return StoreError(f"{code.name}: {detail}")
 
 
-def _kv(kv: etcdrpc.KeyValue) -> KeyValue:
+def _kv(kv: kv_pb2.KeyValue) -> KeyValue:
     return KeyValue(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, kv.lease)
 
 
@@ -127,6 +128,130 @@ def _prefix_end(prefix: bytes) -> bytes:
             end[i] += 1
             return bytes(end[: i + 1])
     return b"\0"
+
+
+# -- Txn on the wire -----------------------------------------------------------------------
+# The only protobuf for Python 3.11 that etcd3 0.12.0 imports with (3.20.x) is the pure-
+# Python one: building and parsing a 128-operation TxnRequest message by message cost
+# 3x the CPU etcd itself spent applying it (measured: scripts/bench_sync.py). Txn is the
+# sync's hot path, so its request is encoded here directly and its response decoded down
+# to the two fields we read. tests/unit/test_store_wire.py checks both against the
+# generated classes.
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1  # int64 two's complement, as protobuf encodes negatives
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _int_field(number: int, value: int) -> bytes:
+    return _varint(number << 3) + _varint(value)
+
+
+def encode_txn(guards: list[Unchanged], ops: list[Op]) -> bytes:
+    """TxnRequest{compare: [mod_revision(key) == n], success: [put | delete_range]}."""
+    parts = []
+    for g in guards:  # Compare{result=EQUAL(0), target=MOD(2), key, mod_revision}
+        parts.append(_field(1, _int_field(2, 2) + _field(3, g.key.encode())
+                            + _int_field(6, g.mod_revision)))
+    for op in ops:
+        if isinstance(op, Put):
+            body = _field(1, op.key.encode()) + _field(2, op.value)
+            if op.lease:
+                body += _int_field(3, op.lease)
+            parts.append(_field(2, _field(2, body)))  # RequestOp{request_put}
+        else:
+            parts.append(_field(2, _field(3, _field(1, op.key.encode()))))  # delete_range
+    return b"".join(parts)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def decode_txn_response(buf: bytes) -> tuple[bool, int]:
+    """(succeeded, header.revision) from a TxnResponse, skipping the per-op responses."""
+    pos, succeeded, revision = 0, False, 0
+    while pos < len(buf):
+        tag, pos = _read_varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+            if number == 2:
+                succeeded = bool(value)
+        elif wire == 2:
+            length, pos = _read_varint(buf, pos)
+            if number == 1:  # ResponseHeader{cluster_id=1, member_id=2, revision=3, ...}
+                hpos, end = pos, pos + length
+                while hpos < end:
+                    htag, hpos = _read_varint(buf, hpos)
+                    hvalue, hpos = _read_varint(buf, hpos)
+                    if htag >> 3 == 3:
+                        revision = hvalue
+            pos += length
+        else:
+            raise StoreError(f"unexpected wire type {wire} in TxnResponse")
+    return succeeded, revision
+
+
+def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, value or start offset, end offset) for each field in buf[pos:end]."""
+    while pos < end:
+        tag, pos = _read_varint(buf, pos)
+        if tag & 7 == 0:
+            value, pos = _read_varint(buf, pos)
+            yield tag >> 3, value, pos
+        elif tag & 7 == 2:
+            length, pos = _read_varint(buf, pos)
+            yield tag >> 3, pos, pos + length
+            pos += length
+        else:
+            raise StoreError(f"unexpected wire type {tag & 7} in RangeResponse")
+
+
+def decode_range_response(buf: bytes) -> tuple[list[KeyValue], bool, int]:
+    """(kvs, more, header.revision) from a RangeResponse: pure-Python protobuf took
+    ~0.1 ms per key, which made reading 60,000 keys the slowest part of a reconcile."""
+    kvs, more, revision = [], False, 0
+    for number, a, b in _fields(buf, 0, len(buf)):
+        if number == 2:
+            key = value = b""
+            create = mod = lease = 0
+            for n, x, y in _fields(buf, a, b):
+                if n == 1:
+                    key = buf[x:y]
+                elif n == 5:
+                    value = buf[x:y]
+                elif n == 2:
+                    create = x
+                elif n == 3:
+                    mod = x
+                elif n == 6:
+                    lease = x
+            kvs.append(KeyValue(key.decode(), value, mod, create, lease))
+        elif number == 3:
+            more = bool(a)
+        elif number == 1:
+            for n, x, _ in _fields(buf, a, b):
+                if n == 3:
+                    revision = x
+    return kvs, more, revision
 
 
 def _resolve(endpoint: str) -> str:
@@ -162,10 +287,12 @@ class Store:
             grpc_options=[
                 ("grpc.lb_policy_name", "round_robin"),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.keepalive_time_ms", 5000),
-                ("grpc.keepalive_timeout_ms", 2000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.max_pings_without_data", 0),
+                # etcd's server policy: pings at most every 5 s and only with a stream open
+                # (--grpc-keepalive-min-time, PermitWithoutStream=false); anything faster
+                # gets a GOAWAY "too_many_pings" that drops the connection and its watches.
+                ("grpc.keepalive_time_ms", 15000),
+                ("grpc.keepalive_timeout_ms", 5000),
+                ("grpc.keepalive_permit_without_calls", 0),
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.min_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 1000),
@@ -174,6 +301,16 @@ class Store:
         self._kv = self._client.kvstub
         self._lease = self._client.leasestub
         self._watch = etcdrpc.WatchStub(self._client.channel)
+        self._txn = self._client.channel.unary_unary(
+            "/etcdserverpb.KV/Txn",
+            request_serializer=bytes,
+            response_deserializer=decode_txn_response,
+        )
+        self._range = self._client.channel.unary_unary(
+            "/etcdserverpb.KV/Range",
+            request_serializer=etcdrpc.RangeRequest.SerializeToString,
+            response_deserializer=decode_range_response,
+        )
         self._maintenance = self._client.maintenancestub
         self._cluster = self._client.clusterstub
         # Reads are safe to repeat on another member; try each member once.
@@ -217,14 +354,13 @@ class Store:
             req = etcdrpc.RangeRequest(
                 key=start, range_end=end, limit=page, revision=revision, keys_only=keys_only
             )
-            resp = self._read(self._kv.Range, req)
-            if revision == 0:
-                revision = resp.header.revision  # type: ignore[attr-defined]
-            for kv in resp.kvs:  # type: ignore[attr-defined]
-                out[kv.key.decode()] = _kv(kv)
-            if not resp.more or not resp.kvs:  # type: ignore[attr-defined]
+            kvs, more, header_revision = self._read(self._range, req)  # type: ignore[misc]
+            revision = revision or header_revision
+            for kv in kvs:
+                out[kv.key] = kv
+            if not more or not kvs:
                 return out, revision
-            start = resp.kvs[-1].key + b"\0"  # type: ignore[attr-defined]
+            start = kvs[-1].key.encode() + b"\0"
 
     def revision(self) -> int:
         """The cluster's current revision, by a linearizable read (proves quorum)."""
@@ -239,39 +375,16 @@ class Store:
         Not retried here: a write that timed out may have been applied, so the caller
         re-reads and re-plans instead (the guards then say whether it landed).
         """
-        compare = [
-            etcdrpc.Compare(
-                key=g.key.encode(),
-                result=etcdrpc.Compare.EQUAL,
-                target=etcdrpc.Compare.MOD,
-                mod_revision=g.mod_revision,
-            )
-            for g in guards
-        ]
-        success = [self._op(op) for op in ops]
-        if len(success) > MAX_TXN_OPS or len(compare) > MAX_TXN_OPS:
-            raise TooLarge(f"{len(success)} operations; etcd accepts {MAX_TXN_OPS} per txn")
-        request = etcdrpc.TxnRequest(compare=compare, success=success)
-        if request.ByteSize() > MAX_REQUEST_BYTES:
-            raise TooLarge(f"{request.ByteSize()} bytes; etcd accepts {MAX_REQUEST_BYTES}")
+        guards, ops = list(guards), list(ops)
+        if len(ops) > MAX_TXN_OPS or len(guards) > MAX_TXN_OPS:
+            raise TooLarge(f"{len(ops)} operations; etcd accepts {MAX_TXN_OPS} per txn")
+        request = encode_txn(guards, ops)
+        if len(request) > MAX_REQUEST_BYTES:
+            raise TooLarge(f"{len(request)} bytes; etcd accepts {MAX_REQUEST_BYTES}")
         try:
-            resp = self._kv.Txn(request, self.timeout)
+            return self._txn(request, self.timeout)
         except grpc.RpcError as exc:
             raise _error(exc) from exc
-        return resp.succeeded, resp.header.revision
-
-    @staticmethod
-    def _op(op: Op) -> etcdrpc.RequestOp:
-        if isinstance(op, Put):
-            return etcdrpc.RequestOp(
-                request_put=etcdrpc.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease)
-            )
-        delete = etcdrpc.DeleteRangeRequest(key=op.key.encode())
-        return etcdrpc.RequestOp(request_delete_range=delete)
-
-    @staticmethod
-    def op_size(op: Op) -> int:
-        return Store._op(op).ByteSize() + 8
 
     # -- leases --------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from services.core import keys, logs
 from services.core.manifests import ManifestError
-from services.core.store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Put, Store, Unchanged
+from services.core.store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Delete, Put, Store, Unchanged
 from services.gitops_sync import telemetry
 from services.gitops_sync.plan import Actual, Change, Plan, Policy, make_plan
 from services.gitops_sync.scanning import Index, Resolved, source_revision
@@ -27,6 +27,7 @@ log = logs.get("gitops_sync")
 # one full read is cheaper.
 PARTIAL_LIMIT = 64
 CONFLICT_RETRIES = 3
+DETAILED_LOG_LIMIT = 20
 
 
 @dataclass
@@ -39,6 +40,11 @@ class Outcome:
     seconds: float = 0.0
 
 
+def _size(op: Put | Delete) -> int:
+    """Upper bound of an operation's encoded size, without encoding it twice."""
+    return len(op.key) + (len(op.value) if isinstance(op, Put) else 0) + 24
+
+
 def batches(changes: Iterable[Change]) -> list[list[Change]]:
     """Whole capabilities packed into transactions within etcd's op and size limits."""
     out: list[list[Change]] = []
@@ -46,7 +52,7 @@ def batches(changes: Iterable[Change]) -> list[list[Change]]:
     ops = size = 0
     for change in changes:
         c_ops = len(change.ops)
-        c_size = sum(Store.op_size(op) for op in change.ops) + 32 * len(change.guards)
+        c_size = sum(_size(op) for op in change.ops) + 32 * len(change.guards)
         if current and (ops + c_ops > MAX_TXN_OPS or size + c_size > MAX_REQUEST_BYTES):
             out.append(current)
             current, ops, size = [], 0, 0
@@ -74,6 +80,7 @@ class Reconciler:
         self.owned_total = 0
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sync-txn")
         self._reported: dict[str, str] = {}  # file → reason already logged
+        self._detailed = True
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -146,6 +153,7 @@ class Reconciler:
         if dry_run:
             outcome.seconds = time.monotonic() - start
             return outcome
+        self._detailed = len(plan.changes) <= DETAILED_LOG_LIMIT
         outcome.applied, outcome.conflicts = self._apply(plan.changes)
         for attempt in range(CONFLICT_RETRIES):
             if not outcome.conflicts:
@@ -206,16 +214,11 @@ class Reconciler:
     def _log_changes(self, batch: list[Change]) -> None:
         for change in batch:
             telemetry.CHANGES.labels(change.kind).inc()
-        if len(batch) <= 5:
+        # One line per capability for everyday edits; a 10,000-manifest first sync is
+        # summed up by "reconcile finished" instead of flooding the log.
+        if self._detailed:
             for change in batch:
                 log.info("capability synced", change=change.describe())
-        else:
-            log.info(
-                "capabilities synced",
-                count=len(batch),
-                first=batch[0].namespace,
-                last=batch[-1].namespace,
-            )
 
     # -- reporting -----------------------------------------------------------------------
 

@@ -7,10 +7,12 @@ event for one file costs parsing one file.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,10 @@ from services.core.manifests import Capability, ManifestError
 from services.gitops_sync.projection import Desired, project
 
 Signature = tuple[int, int, int]
+
+# Parsing is CPU-bound Python; past this many files to parse, a pool of processes
+# (spawned, so no gRPC channel is ever forked) does it on every core.
+PARALLEL_THRESHOLD = 256
 
 
 @dataclass(frozen=True)
@@ -52,14 +58,18 @@ class Index:
         self.entries: dict[str, Entry] = {}
 
     def _load(self, name: str, sig: Signature) -> Entry:
-        path = self.root / name
-        try:
-            cap = manifests.load(path, self.root)
-            return Entry(sig, cap, project(cap))
-        except ManifestError as exc:
-            return Entry(sig, exc)
-        except OSError as exc:
-            return Entry(sig, ManifestError(path, f"cannot read: {exc.strerror or exc}"))
+        return _load(self.root, name, sig)
+
+    def _load_all(self, todo: dict[str, Signature]) -> dict[str, Entry]:
+        workers = min(os.cpu_count() or 1, 8)
+        if len(todo) < PARALLEL_THRESHOLD or workers < 2:
+            return {name: self._load(name, sig) for name, sig in todo.items()}
+        items = list(todo.items())
+        chunks = [items[i::workers * 4] for i in range(workers * 4)]
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            results = pool.map(_load_chunk, [self.root] * len(chunks), chunks)
+            return {name: entry for chunk in results for name, entry in chunk}
 
     def scan(self) -> set[str]:
         """Bring every entry up to date; returns the names whose entry changed."""
@@ -76,12 +86,12 @@ class Index:
         changed = {n for n in self.entries if n not in seen}
         for name in changed:
             del self.entries[name]
-        for name, sig in seen.items():
-            entry = self.entries.get(name)
-            if entry is None or entry.signature != sig:
-                self.entries[name] = self._load(name, sig)
-                changed.add(name)
-        return changed
+        todo = {
+            name: sig for name, sig in seen.items()
+            if (entry := self.entries.get(name)) is None or entry.signature != sig
+        }
+        self.entries.update(self._load_all(todo))
+        return changed | set(todo)
 
     def refresh(self, names: Iterable[str]) -> dict[str, str | None]:
         """Re-read just these files; returns name → namespace it held before (or None)."""
@@ -142,6 +152,21 @@ class Index:
         desired = {ns: d for ns, d in desired.items() if ns not in keep}
         broken = {Path(e.path).name for e in errors if e.namespace is None}
         return Resolved(desired, errors, keep, broken)  # type: ignore[arg-type]
+
+
+def _load(root: Path, name: str, sig: Signature) -> Entry:
+    path = root / name
+    try:
+        cap = manifests.load(path, root)
+        return Entry(sig, cap, project(cap))
+    except ManifestError as exc:
+        return Entry(sig, exc)
+    except OSError as exc:
+        return Entry(sig, ManifestError(path, f"cannot read: {exc.strerror or exc}"))
+
+
+def _load_chunk(root: Path, items: list[tuple[str, Signature]]) -> list[tuple[str, Entry]]:
+    return [(name, _load(root, name, sig)) for name, sig in items]
 
 
 def _namespace(result: Capability | ManifestError) -> str | None:

@@ -103,3 +103,21 @@ def test_a_steady_stream_still_flushes_after_max_delay():
     stop.set()
     t.join()
     assert batch and time.monotonic() - start < 1.0
+
+
+def test_a_large_scan_parsed_by_the_process_pool_matches_a_serial_one(tmp_path, monkeypatch):
+    from services.gitops_sync import scanning
+
+    for i in range(300):
+        (tmp_path / f"c{i:03}.yaml").write_text(manifest(f"a.c{i:03}"))
+    (tmp_path / "bad.yaml").write_text("metadata: [")
+    pooled = Index(tmp_path)
+    pooled.scan()
+    monkeypatch.setattr(scanning, "PARALLEL_THRESHOLD", 10**9)
+    serial = Index(tmp_path)
+    serial.scan()
+    def shown(index):
+        return {n: (e.signature, str(e.result), e.desired) for n, e in index.entries.items()}
+
+    assert shown(pooled) == shown(serial)
+    assert str(pooled.entries["bad.yaml"].result).endswith("did not find expected node content")
