@@ -97,6 +97,9 @@ def _attempt(action: object, health: Health, backoff: Backoff) -> bool:
     except StoreError as exc:
         log.error("etcd rejected a request", error=str(exc))
         return False
+    except Exception:  # a daemon logs a bug and retries; it does not die
+        log.exception("reconcile failed unexpectedly; will retry")
+        return False
     backoff.reset()
     with health.lock:
         health.etcd_ok, health.last_error = True, ""
