@@ -1,10 +1,12 @@
 """Prometheus metrics of one heartbeat daemon, on its own registry (so several daemons
-can live in one test process), plus an exact beat-lag percentile for the benchmark."""
+can live in one test process), plus an exact beat-lag p99 over the last minute."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -12,19 +14,29 @@ LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 
 
 class Lags:
-    """The last ``size`` beat lags (seconds from scheduled time to written), for p99/max."""
+    """Beat lags (seconds from scheduled time to written) of the last ``window`` seconds,
+    for an exact p99 and max; the histogram has the long view."""
 
-    def __init__(self, size: int = 200_000) -> None:
-        self._lags: deque[float] = deque(maxlen=size)
+    def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.clock = clock
+        self._lags: deque[tuple[float, float]] = deque()
         self._lock = threading.Lock()
 
     def add(self, values: list[float]) -> None:
+        now = self.clock()
         with self._lock:
-            self._lags.extend(values)
+            self._lags.extend((now, v) for v in values)
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._lags and self._lags[0][0] < now - self.window:
+            self._lags.popleft()
 
     def quantile(self, q: float) -> float:
         with self._lock:
-            data = sorted(self._lags)
+            self._trim(self.clock())
+            data = sorted(v for _, v in self._lags)
         if not data:
             return 0.0
         return data[min(len(data) - 1, int(q * len(data)))]
@@ -67,10 +79,11 @@ class Instruments:
         )
         self.lags = Lags()
         Gauge(
-            "heartbeat_beat_lag_p99_seconds", "Exact p99 of the recent beat lags", registry=r
+            "heartbeat_beat_lag_p99_seconds", "Exact p99 of the beat lags of the last 60 s",
+            registry=r,
         ).set_function(lambda: self.lags.quantile(0.99))
         Gauge(
-            "heartbeat_beat_lag_max_seconds", "Largest recent beat lag", registry=r
+            "heartbeat_beat_lag_max_seconds", "Largest beat lag of the last 60 s", registry=r
         ).set_function(lambda: self.lags.quantile(1.0))
         self.probes = Counter(
             "heartbeat_probe_results", "Probe results", ["check", "result"], registry=r

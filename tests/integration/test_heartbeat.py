@@ -75,23 +75,34 @@ def running(endpoints: list[str], **overrides: object) -> Iterator[Daemon]:
 
 
 class Deletions:
-    """Collects delete events of health keys (expiries, revokes) seen by a watch."""
+    """Collects delete events of health keys (expiries, revokes) seen by a watch, which
+    is re-created from the next revision when its member dies (no event is missed)."""
 
     def __init__(self, store: Store) -> None:
         self.deleted: list[str] = []
-        self._watch = store.watch_prefix(keys.CAPABILITIES, store.revision() + 1)
+        self._store = store
+        self._next = store.revision() + 1
+        self._stopped = threading.Event()
+        self._watch = store.watch_prefix(keys.CAPABILITIES, self._next)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            for events in self._watch:
-                self.deleted += [e.kv.key for e in events
-                                 if e.kind == "delete" and e.kv.key.endswith("/health")]
-        except StoreError as exc:  # a dead watch must fail the test, not pass it quietly
-            self.deleted.append(f"watch failed: {exc}")
+        while not self._stopped.is_set():
+            try:
+                for events in self._watch:
+                    for e in events:
+                        self._next = max(self._next, e.kv.mod_revision + 1)
+                        if e.kind == "delete" and e.kv.key.endswith("/health"):
+                            self.deleted.append(e.kv.key)
+                return
+            except StoreError:
+                if self._stopped.wait(0.2):
+                    return
+                self._watch = self._store.watch_prefix(keys.CAPABILITIES, self._next)
 
     def stop(self) -> list[str]:
+        self._stopped.set()
         self._watch.cancel()
         self._thread.join(5)
         return self.deleted
