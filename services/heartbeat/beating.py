@@ -108,19 +108,6 @@ class Heartbeat:
             # 10,000 services cheap. It costs at most one tick of lag.
             stop.wait(max(0.0, TICK - (self.clock() - now)))
 
-    def tick(self) -> None:
-        """One pass of the loop without sleeping (for tests and tools)."""
-        stop = threading.Event()
-        stop.set()
-        now = self.clock()
-        self._apply_pending(now)
-        self._collect_probe_results()
-        self._start_probes(now)
-        self._submit_revokes(now)
-        due = self.schedule.pop_due(now)
-        if due:
-            self._beat(due)
-
     # -- the service set -----------------------------------------------------------------
 
     def _apply_pending(self, now: float) -> None:
@@ -137,7 +124,10 @@ class Heartbeat:
             self.probe_schedule.remove(ns)
             if s.lease:
                 self._revokes.append((s.lease, now + self.settings.ttl, 0.0))
-            self.log.info("service left the set; revoking its lease", namespace=ns)
+            if len(d.removed) <= 20:
+                self.log.info("service left the set; revoking its lease", namespace=ns)
+        if len(d.removed) > 20:
+            self.log.info("services left the set; revoking their leases", count=len(d.removed))
         for ns, check in d.changed.items():
             self.sessions[ns].change_check(check)
             self._plan_probe(ns, check, now)
