@@ -31,7 +31,8 @@ status: $(STAMP)
 backup: $(STAMP)
 	$(PY) scripts/backup.py save
 
-restore: $(STAMP)
+restore: $(STAMP)  ## make restore SNAPSHOT=.data/backups/etcd-....db (with make up stopped)
+	@test -n "$(SNAPSHOT)" || { echo "usage: make restore SNAPSHOT=path/to/snapshot.db (make up must be stopped)"; exit 2; }
 	$(PY) scripts/backup.py restore $(SNAPSHOT)
 
 bench: $(STAMP)

