@@ -167,14 +167,18 @@ def run_one(cluster: LocalCluster, store: Store, mode: str, size: int, args: arg
         proc.kill()
         proc.wait(10)
     log.close()
+    errors = None
     if mode == "naive" and stats.exists():
         data = json.loads(stats.read_text())
-        lag_p99, lag_max = data["p99"], data["max"]
+        lag_p99, lag_max, errors = data["p99"], data["max"], data["errors"]
+    tail = (workdir / f"{mode}-{size}.log").read_text(errors="replace")[-1500:]
+    if tail.strip():
+        print(f"--- {mode} {size} log tail ---\n{tail}", file=sys.stderr)
     return {
         "mode": mode, "size": size, "warmup_s": round(warmup, 1),
         "warm": f"{present}/{size}", "at_end": at_end, "expiries": expired,
         "lag_p99": lag_p99, "lag_max": lag_max,
-        "cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+        "cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1), "naive_errors": errors,
     }
 
 
@@ -217,7 +221,8 @@ def naive_worker(args: argparse.Namespace) -> int:
         while not stop.wait(max(0.0, due - time.monotonic())):
             try:
                 if lease_id:
-                    resp = next(client.refresh_lease(lease_id))
+                    # as the seed did (Lease.refresh): one stream per refresh, read to its end
+                    (resp, *_) = list(client.refresh_lease(lease_id))
                     if resp.TTL <= 0:
                         lease_id = 0
                 if not lease_id:

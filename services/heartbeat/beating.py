@@ -137,6 +137,8 @@ class Heartbeat:
             s = Session.start(ns, check, keys.capability(ns, keys.HEALTH), hints.get(ns))
             self.sessions[ns] = s
             self._plan_probe(ns, check, now)
+            if s.adopted:
+                self.metrics.leases_adopted.inc()
             if len(d.added) <= 20:
                 self.log.info("service joined the set", namespace=ns, check=check.kind,
                               adopted_lease=s.adopted, heartbeat_count=s.count)

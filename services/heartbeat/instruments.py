@@ -69,10 +69,6 @@ class Instruments:
             registry=r,
         )
         self.services = Gauge("heartbeat_services_tracked", "Services heartbeated", registry=r)
-        self.states = Gauge(
-            "heartbeat_services_by_status", "Services by their last status", ["status"],
-            registry=r,
-        )
         self.lag = Histogram(
             "heartbeat_beat_lag_seconds", "From a beat's scheduled time to its write in etcd",
             buckets=LAG_BUCKETS, registry=r,
