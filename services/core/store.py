@@ -10,7 +10,7 @@ generated stubs and adds what production needs:
 - paginated reads at one revision, so 60,000 keys neither exceed gRPC's message limit
   nor mix two revisions;
 - transactions with revision guards, size/op limits checked before sending;
-- one keep-alive stream for a whole batch of leases;
+- one keep-alive stream for a whole batch of leases (``refresh_leases``);
 - watches as plain iterators that raise on failure, for the caller to re-create.
 
 Errors callers handle: ``Unavailable`` (transient: back off, retry), ``Compacted``
@@ -306,6 +306,9 @@ class Store:
             request_serializer=bytes,
             response_deserializer=decode_txn_response,
         )
+        self._keepalive = self._client.channel.stream_stream(
+            "/etcdserverpb.Lease/LeaseKeepAlive"
+        )
         self._range = self._client.channel.unary_unary(
             "/etcdserverpb.KV/Range",
             request_serializer=etcdrpc.RangeRequest.SerializeToString,
@@ -409,19 +412,27 @@ class Store:
         resp = self._read(self._lease.LeaseTimeToLive, etcdrpc.LeaseTimeToLiveRequest(ID=lease_id))
         return resp.TTL  # type: ignore[attr-defined]
 
-    def keepalive(self, lease_ids: Iterable[int]) -> dict[int, int]:
-        """Refresh many leases over ONE stream: {lease id: new TTL}. TTL 0 means etcd no
-        longer knows the lease (it does not raise): grant a new one and re-put."""
+    def refresh_leases(self, lease_ids: Iterable[int]) -> dict[int, int]:
+        """Refresh many leases over ONE keep-alive stream: {lease id: new TTL}. TTL 0 means
+        etcd no longer knows the lease (it does not raise): grant a new one and re-put.
+        Messages go on the wire directly: pure-Python protobuf cost more CPU per
+        keep-alive than everything else in a heartbeat beat.
+        LeaseKeepAliveRequest{ID=1}; LeaseKeepAliveResponse{header=1, ID=2, TTL=3}."""
         ids = list(dict.fromkeys(lease_ids))
         if not ids:
             return {}
-        requests = iter([etcdrpc.LeaseKeepAliveRequest(ID=i) for i in ids])
+        call = self._keepalive(iter([_int_field(1, i) for i in ids]), timeout=self.timeout)
         out: dict[int, int] = {}
-        call = self._lease.LeaseKeepAlive(requests, self.timeout)
         try:
             for resp in call:
-                out[resp.ID] = resp.TTL
-                if len(out) == len(ids):
+                lease_id = ttl = 0
+                for number, value, _ in _fields(resp, 0, len(resp)):
+                    if number == 2:
+                        lease_id = value - (1 << 64) if value >= 1 << 63 else value
+                    elif number == 3:
+                        ttl = value - (1 << 64) if value >= 1 << 63 else value
+                out[lease_id] = ttl
+                if len(out) >= len(ids):
                     break
         except grpc.RpcError as exc:
             raise _error(exc) from exc
@@ -471,39 +482,6 @@ class Store:
                     out.write(chunk.blob)
         except grpc.RpcError as exc:
             raise _error(exc) from exc
-
-    # -- added for the heartbeat ---------------------------------------------------------
-
-    def refresh_leases(self, lease_ids: Iterable[int]) -> dict[int, int]:
-        """``keepalive`` with its messages encoded on the wire: {lease id: new TTL}, TTL 0
-        when etcd no longer knows the lease. Same single stream per call; pure-Python
-        protobuf cost more CPU per keep-alive than everything else in a heartbeat beat.
-        LeaseKeepAliveRequest{ID=1}; LeaseKeepAliveResponse{header=1, ID=2, TTL=3}."""
-        ids = list(dict.fromkeys(lease_ids))
-        if not ids:
-            return {}
-        method = getattr(self, "_keepalive_wire", None)
-        if method is None:
-            method = self._client.channel.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive")
-            self._keepalive_wire = method
-        call = method(iter([_int_field(1, i) for i in ids]), timeout=self.timeout)
-        out: dict[int, int] = {}
-        try:
-            for resp in call:
-                lease_id = ttl = 0
-                for number, value, _ in _fields(resp, 0, len(resp)):
-                    if number == 2:
-                        lease_id = value - (1 << 64) if value >= 1 << 63 else value
-                    elif number == 3:
-                        ttl = value - (1 << 64) if value >= 1 << 63 else value
-                out[lease_id] = ttl
-                if len(out) >= len(ids):
-                    break
-        except grpc.RpcError as exc:
-            raise _error(exc) from exc
-        finally:
-            call.cancel()
-        return out
 
 
 class Watch:
