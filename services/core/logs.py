@@ -1,5 +1,7 @@
 """structlog set-up shared by both daemons: JSON lines when not on a terminal (for log
-collectors), coloured key=value when a person is watching."""
+collectors), coloured key=value when a person is watching. Each line goes out in one
+write (WriteLoggerFactory, not print's two), so daemons sharing a stream, as under
+`make up`, never splice their JSON lines together."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from services.core import logs
 from services.core.retry import Backoff
@@ -58,9 +59,15 @@ def run(
     next_full = 0.0
     try:
         while not stop.is_set():
+            if watcher is not None and watcher.stale():
+                log.warning("capabilities directory replaced or removed; re-watching",
+                            capabilities=str(reconciler.root))
+                watcher.stop()
+                watcher, next_full = None, 0.0
             if watcher is None and reconciler.root.is_dir():
-                watcher = Watcher(reconciler.root, events)
-                watcher.start()
+                watcher = _watch(reconciler.root, events)
+                if watcher is not None:
+                    next_full = 0.0  # files that arrived before the watch began
             now = time.monotonic()
             if now >= next_full:
                 ok = _attempt(reconciler.full, health, backoff)
@@ -71,14 +78,29 @@ def run(
             names = events.take(timeout=min(next_full - now, 0.5))
             if not names or stop.is_set():
                 continue
-            if RESCAN in names or backoff.failures:
-                next_full = 0.0  # a directory changed, or etcd is away: one full pass covers it
+            if backoff.failures:
+                continue  # failing: the full reconcile the backoff scheduled covers these files
+            if RESCAN in names:
+                next_full = 0.0  # a directory changed: one full pass covers it
                 continue
             if not _attempt(lambda n=names: reconciler.partial(n), health, backoff):
                 next_full = time.monotonic() + backoff.next()
     finally:
         if watcher is not None:
             watcher.stop()
+
+
+def _watch(root: Path, events: Debouncer) -> Watcher | None:
+    """None when the directory vanished between the check and the watch: the next turn
+    of the loop tries again, the full reconcile reports the missing directory."""
+    watcher = Watcher(root, events)
+    try:
+        watcher.start()
+    except OSError as exc:
+        log.warning("cannot watch the capabilities directory yet", error=str(exc))
+        watcher.stop()
+        return None
+    return watcher
 
 
 def _attempt(action: object, health: Health, backoff: Backoff) -> bool:

@@ -80,11 +80,20 @@ class _Handler(FileSystemEventHandler):
 
 
 class Watcher:
+    """inotify watches a directory's inode, not its path: once the directory is deleted
+    or replaced (a volume re-mounted, a checkout swapped in by rename) no event arrives
+    ever again. ``stale()`` tells the loop to watch the new directory instead."""
+
     def __init__(self, root: Path, sink: Debouncer) -> None:
         self._observer = Observer()
         self._observer.daemon = True
-        root = Path(root).resolve()
-        self._observer.schedule(_Handler(root, sink), str(root), recursive=False)
+        self._path = Path(root)  # as given: a symlink swapped to a new target is a new dir
+        self._identity = _identity(self._path)
+        resolved = self._path.resolve()
+        self._observer.schedule(_Handler(resolved, sink), str(resolved), recursive=False)
+
+    def stale(self) -> bool:
+        return _identity(self._path) != self._identity
 
     def start(self) -> None:
         self._observer.start()
@@ -92,3 +101,11 @@ class Watcher:
     def stop(self) -> None:
         self._observer.stop()
         self._observer.join(5)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

@@ -120,6 +120,24 @@ def test_files_moved_in_and_out_of_the_directory_are_synced_and_pruned(
     wait_for(lambda: "chora.test.moved" not in namespaces(store), what="moved out")
 
 
+def test_a_directory_swapped_in_by_rename_is_synced_and_watched(caps, daemon, store, tmp_path):
+    """A checkout or volume swapped in under the same path: inotify still watches the old
+    inode, so the daemon must notice and watch the new directory (interval is 1 h here)."""
+    write(caps, "a.yaml", manifest("chora.test.a"))
+    write(caps, "b.yaml", manifest("chora.test.b"))
+    daemon.start()
+    wait_for(lambda: len(namespaces(store)) == 2)
+    fresh = tmp_path / "next"
+    fresh.mkdir()
+    write(fresh, "a.yaml", manifest("chora.test.a"))
+    write(fresh, "b.yaml", manifest("chora.test.b", version="2.0.0"))
+    os.rename(caps, tmp_path / "previous")
+    os.rename(fresh, caps)
+    wait_for(lambda: value(store, "chora.test.b", "version") == "2.0.0", what="swapped-in dir")
+    write(caps, "c.yaml", manifest("chora.test.c"))
+    wait_for(lambda: "chora.test.c" in namespaces(store), what="an event in the new directory")
+
+
 def test_a_burst_of_500_new_files_all_arrive(caps, daemon, store):
     write(caps, "seed.yaml", manifest("chora.burst.seed"))
     daemon.start()
