@@ -6,7 +6,8 @@ generated stubs and adds what production needs:
 
 - every member in one gRPC channel (a multi-address target with ``round_robin``), so a
   call that failed on a dead member is retried on the next one;
-- a deadline on every call (``timeout``), so a frozen member costs seconds, not forever;
+- a deadline on every call (``timeout``), so a frozen member costs seconds, not forever,
+  and gRPC health checks + keep-alive pings that take it out of rotation within ~8 s;
 - paginated reads at one revision, so 60,000 keys neither exceed gRPC's message limit
   nor mix two revisions;
 - transactions with revision guards, size/op limits checked before sending;
@@ -19,6 +20,7 @@ Errors callers handle: ``Unavailable`` (transient: back off, retry), ``Compacted
 
 from __future__ import annotations
 
+import json
 import queue
 import socket
 import threading
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 import etcd3
 import grpc
+import tenacity
 from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
 
@@ -287,11 +290,21 @@ class Store:
             grpc_options=[
                 ("grpc.lb_policy_name", "round_robin"),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                # etcd's server policy: pings at most every 5 s and only with a stream open
-                # (--grpc-keepalive-min-time, PermitWithoutStream=false); anything faster
-                # gets a GOAWAY "too_many_pings" that drops the connection and its watches.
-                ("grpc.keepalive_time_ms", 15000),
-                ("grpc.keepalive_timeout_ms", 5000),
+                # A frozen member (SIGSTOP, paused VM, black-holed network) keeps its TCP
+                # connection open, so round robin would hand it a third of all calls, each
+                # costing a whole deadline, for as long as it stays frozen. Measured: it was
+                # never dropped. gRPC's health checking keeps one Health.Watch stream open
+                # per member (etcd serves grpc.health.v1), which allows keep-alive pings
+                # under etcd's policy (no more often than every 5 s, only with a stream
+                # open; otherwise GOAWAY "too_many_pings" drops the connection and its
+                # watches); a ping unanswered for 2 s closes the connection and takes the
+                # member out of rotation until it answers a health check again. A frozen
+                # member is out within ~8 s (keepalive 6 s + ping timeout 2 s).
+                ("grpc.service_config", json.dumps({"healthCheckConfig": {"serviceName": ""}})),
+                ("grpc.keepalive_time_ms", 6000),
+                ("grpc.keepalive_timeout_ms", 2000),
+                ("grpc.http2.ping_timeout_ms", 2000),
+                ("grpc.http2.max_pings_without_data", 0),  # the health stream carries none
                 ("grpc.keepalive_permit_without_calls", 0),
                 ("grpc.initial_reconnect_backoff_ms", 200),
                 ("grpc.min_reconnect_backoff_ms", 200),
@@ -331,16 +344,24 @@ class Store:
     # -- reads ---------------------------------------------------------------------------
 
     def _read(self, call: object, request: object) -> object:
-        last: StoreError | None = None
-        for _ in range(self._read_attempts):
-            try:
-                return call(request, self.timeout)  # type: ignore[operator]
-            except grpc.RpcError as exc:
-                last = _error(exc)
-                if not isinstance(last, Unavailable):
-                    raise last from exc
-        assert last is not None
-        raise last
+        """Reads are safe to repeat, so a transient error is retried (round robin moves on
+        to the next member) with short jittered pauses: at least once per member, and
+        for one ``timeout`` in all, since an election ("leader changed") lasts about one
+        election timeout."""
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(Unavailable),
+            stop=tenacity.stop_after_attempt(self._read_attempts)
+            & tenacity.stop_after_delay(self.timeout),
+            wait=tenacity.wait_random_exponential(multiplier=0.05, max=0.5),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                try:
+                    return call(request, self.timeout)  # type: ignore[operator]
+                except grpc.RpcError as exc:
+                    raise _error(exc) from exc
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def get(self, key: str) -> KeyValue | None:
         resp = self._read(self._kv.Range, etcdrpc.RangeRequest(key=key.encode()))

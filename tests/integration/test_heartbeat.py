@@ -357,6 +357,39 @@ def test_killing_the_leader_expires_no_key(fresh_cluster: LocalCluster):
     store.close()
 
 
+def test_freezing_the_leader_with_sigstop_expires_no_key(fresh_cluster: LocalCluster):
+    """A frozen member keeps its sockets open and answers nothing, so only deadlines get
+    the daemon off it. Observed through the other two members: a watch on the frozen
+    one would go silent and see no deletion at all."""
+    victim = fresh_cluster.leader()
+    others = [m.endpoint for m in fresh_cluster.members if m is not victim]
+    store = Store(others, timeout=3.0)  # its reads ride out the election
+    names = [f"frozen.s{i}" for i in range(5)]
+    for ns in names:
+        publish(store, ns)
+    # TTL 6 s against a 1 s deadline: the production ratio (30 s against 3 s) or harsher.
+    # Until gRPC keepalive ejects the frozen member (at most ~8 s), a third of the calls
+    # cost a whole deadline each.
+    with running(fresh_cluster.endpoints, ttl=6):
+        wait_for(lambda: all(count(store, ns) >= 1 for ns in names), 10, what="beating")
+        deletions = Deletions(store)
+        victim.pause()
+        try:
+            before = {ns: count(store, ns) for ns in names}
+
+            def beat_on() -> bool:
+                try:  # the observer's reads may meet the election too
+                    return all(count(store, ns) >= before[ns] + 12 for ns in names)
+                except StoreError:
+                    return False
+
+            wait_for(beat_on, 30, what="beats continuing past two TTLs with the leader frozen")
+        finally:
+            victim.resume()
+        assert deletions.stop() == []
+    store.close()
+
+
 def test_quorum_lost_and_restored_brings_every_key_back_within_an_interval(
     fresh_cluster: LocalCluster,
 ):

@@ -77,6 +77,25 @@ def test_changes_survive_the_leader_being_killed(caps, fresh_cluster, observer):
         d.stop()
 
 
+def test_changes_keep_syncing_while_the_leader_is_frozen_with_sigstop(caps, fresh_cluster):
+    victim = fresh_cluster.leader()
+    observer = Store([m.endpoint for m in fresh_cluster.members if m is not victim], timeout=2.0)
+    d = SyncDaemon(caps, fresh_cluster.endpoints, interval=3600).start()
+    try:
+        wait_for(lambda: namespaces(observer) == expected(10))
+        victim.pause()
+        write_batch(caps, 10, 20)
+        write_batch(caps, 0, 5, version="2.0.0")
+        (caps / "c7.yaml").unlink()
+        wait_for(lambda: namespaces(observer) == expected(30) - {"chora.fault.c7"}, timeout=20,
+                 what="convergence with the leader frozen")
+        assert all(value(observer, f"chora.fault.c{i}", "version") == "2.0.0" for i in range(5))
+    finally:
+        victim.resume()
+        d.stop()
+        observer.close()
+
+
 def test_quorum_lost_and_restored_converges_with_nothing_lost_and_no_busy_retry(
     caps, fresh_cluster, observer
 ):
