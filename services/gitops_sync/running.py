@@ -96,9 +96,8 @@ def _watch(root: Path, events: Debouncer) -> Watcher | None:
     watcher = Watcher(root, events)
     try:
         watcher.start()
-    except OSError as exc:
+    except OSError as exc:  # watchdog has already dropped the failed emitter
         log.warning("cannot watch the capabilities directory yet", error=str(exc))
-        watcher.stop()
         return None
     return watcher
 

@@ -2,10 +2,11 @@ import os
 import threading
 import time
 
+from services.gitops_sync import running
 from services.gitops_sync.plan import Actual, make_plan
 from services.gitops_sync.reconciling import batches
 from services.gitops_sync.scanning import Index
-from services.gitops_sync.watching import Debouncer
+from services.gitops_sync.watching import Debouncer, Watcher
 from tests.manifests import manifest
 
 
@@ -121,3 +122,19 @@ def test_a_large_scan_parsed_by_the_process_pool_matches_a_serial_one(tmp_path, 
 
     assert shown(pooled) == shown(serial)
     assert str(pooled.entries["bad.yaml"].result).endswith("did not find expected node content")
+
+
+def test_a_watch_goes_stale_when_its_directory_is_replaced_or_removed(tmp_path):
+    root = tmp_path / "capabilities"
+    root.mkdir()
+    watcher = Watcher(root, Debouncer())
+    assert not watcher.stale()
+    os.rename(root, tmp_path / "previous")
+    root.mkdir()
+    assert watcher.stale()
+    root.rmdir()
+    assert watcher.stale()
+
+
+def test_watching_a_directory_that_vanished_gives_none_and_no_error(tmp_path):
+    assert running._watch(tmp_path / "gone", Debouncer()) is None
