@@ -124,19 +124,15 @@ def test_daemons_resume_against_a_restored_cluster(tmp_path):
         old.destroy()
     backup.restore(snapshot, tmp_path / "new", members)
     new = LocalCluster(tmp_path / "new", members).start()
-    commands = [sync_command(new.endpoints)]
-    has_heartbeat = importlib.util.find_spec("services.heartbeat.__main__") is not None
-    if has_heartbeat:
-        commands.append(heartbeat_command(new.endpoints))
+    commands = [sync_command(new.endpoints), heartbeat_command(new.endpoints)]
     try:
         with running(*commands, log_dir=tmp_path) as procs, Store(new.endpoints) as store:
             def beats() -> int:
                 kv = store.get(keys.capability(NAMESPACE, keys.HEALTH))
                 return json.loads(kv.value)["heartbeat_count"] if kv else 0
 
-            if has_heartbeat:
-                first = wait_for(beats, timeout=30, what="a heartbeat after the restore")
-                wait_for(lambda: beats() > first, timeout=15, what="the next heartbeat")
+            first = wait_for(beats, timeout=30, what="a heartbeat after the restore")
+            wait_for(lambda: beats() > first, timeout=15, what="the next heartbeat")
             status = json.loads(store.get(keys.SYNC_STATUS).value)
             assert status["errors"] == []
             assert all(p.poll() is None for p in procs), logs(tmp_path)
@@ -146,8 +142,6 @@ def test_daemons_resume_against_a_restored_cluster(tmp_path):
         assert again.returncode == 0 and again.stdout.startswith("0 change(s)"), again.stdout
     finally:
         new.destroy()
-    if not has_heartbeat:
-        pytest.skip("services.heartbeat not present yet: only the sync was resumed")
 
 
 def _topology_ports_free() -> bool:
