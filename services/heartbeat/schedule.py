@@ -35,9 +35,6 @@ class Schedule:
     def remove(self, name: str) -> None:
         self._due.pop(name, None)  # its heap entry is skipped when it surfaces
 
-    def due_at(self, name: str) -> float | None:
-        return self._due.get(name)
-
     def pop_due(self, now: float, limit: int | None = None) -> list[tuple[str, float]]:
         """Every (name, scheduled time) due by ``now``, earliest first; they leave the
         schedule until ``at`` puts them back."""
