@@ -14,7 +14,9 @@ unbounded time or memory (alias bombs, deep nesting, huge files).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,15 +292,24 @@ def from_document(doc: Any, source: str) -> Capability:
 
 
 def read_text(path: Path, root: Path) -> str:
-    """The file's text, refusing what must never reach the parser."""
+    """The file's text, refusing what must never reach the parser.
+
+    Only a regular file is read. Opening a FIFO named ``x.yaml`` for reading blocks until
+    a writer appears, which hung the sync for good; a socket or a device is no manifest
+    either. The file is opened non-blocking and checked again on the open descriptor, so
+    swapping a FIFO in between the two checks cannot block us either."""
     if path.is_symlink():
         target = path.resolve()
         if not target.is_relative_to(root.resolve()):
             raise ManifestError(path, f"symlink to {target} leads outside {root}; not followed")
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise ManifestError(path, f"{size} bytes; a manifest may be at most {MAX_BYTES}")
-    data = path.read_bytes()[: MAX_BYTES + 1]
+    _check_regular(path, path.stat())
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        _check_regular(path, st)
+        if st.st_size > MAX_BYTES:
+            raise ManifestError(path, f"{st.st_size} bytes; a manifest may be at most {MAX_BYTES}")
+        data = f.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise ManifestError(path, f"larger than {MAX_BYTES} bytes")
     if not data.strip():
@@ -307,6 +318,22 @@ def read_text(path: Path, root: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ManifestError(path, f"not UTF-8 (byte {exc.start}: {exc.reason})") from None
+
+
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _check_regular(path: Path, st: os.stat_result) -> None:
+    if stat.S_ISREG(st.st_mode):
+        return
+    what = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
+    raise ManifestError(path, f"is {what}, not a regular file; not read")
 
 
 def load(path: Path, root: Path) -> Capability:

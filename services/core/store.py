@@ -14,7 +14,8 @@ generated stubs and adds what production needs:
 - one keep-alive stream for a whole batch of leases (``refresh_leases``);
 - watches as plain iterators that raise on failure, for the caller to re-create.
 
-Errors callers handle: ``Unavailable`` (transient: back off, retry), ``Compacted``
+Errors callers handle: ``Unavailable`` (transient: back off, retry; ``NoSpace`` is the
+one whose cure is an operator's: it says how), ``Compacted``
 (re-read, then watch again), ``LeaseNotFound``.
 """
 
@@ -52,6 +53,21 @@ class StoreError(Exception):
 
 class Unavailable(StoreError):
     """No member answered in time, or the cluster has no quorum. Transient."""
+
+
+class NoSpace(Unavailable):
+    """etcd's NOSPACE alarm is raised: the database reached its quota and every write is
+    refused until an operator frees space and disarms the alarm. Transient for a daemon
+    (it keeps retrying), but it names the cause and the cure instead of "unreachable"."""
+
+    HOW_TO_CLEAR = (
+        "etcd NOSPACE alarm: the database reached --quota-backend-bytes and etcd refuses "
+        "writes. Free space, then disarm: etcdctl compact <current revision>; etcdctl "
+        "defrag --cluster; etcdctl alarm disarm (see infrastructure/etcd/README.md)"
+    )
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(f"{self.HOW_TO_CLEAR} [{detail}]" if detail else self.HOW_TO_CLEAR)
 
 
 class Compacted(StoreError):
@@ -113,6 +129,8 @@ def _error(exc: grpc.RpcError) -> StoreError:
     detail = exc.details() or ""
     if code == grpc.StatusCode.NOT_FOUND and "lease" in detail:
         return LeaseNotFound(detail)
+    if "database space exceeded" in detail:
+        return NoSpace(detail)
     if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in detail:
         return Compacted(0)
     if code in _TRANSIENT:
@@ -494,6 +512,14 @@ class Store:
             "raft_term": resp.raftTerm,
             "revision": resp.header.revision,
         }
+
+    def alarms(self) -> list[str]:
+        """Alarms raised in the cluster, e.g. ``["NOSPACE"]``. The request goes through
+        raft, so an answer also proves that a quorum is there."""
+        request = etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.GET)
+        resp = self._read(self._maintenance.Alarm, request)
+        names = {a.alarm for a in resp.alarms}  # type: ignore[attr-defined]
+        return sorted(etcdrpc.AlarmType.Name(n) for n in names if n)
 
     def snapshot(self, path: str) -> None:
         """Stream a snapshot of the reached member's database into ``path``."""

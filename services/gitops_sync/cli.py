@@ -13,7 +13,7 @@ from pathlib import Path
 
 from services.core import logs, topology
 from services.core.metrics import MetricsServer
-from services.core.store import Store, StoreError, Unavailable
+from services.core.store import NoSpace, Store, StoreError, Unavailable
 from services.gitops_sync.plan import Policy
 from services.gitops_sync.reconciling import Reconciler
 from services.gitops_sync.running import Health, run
@@ -25,7 +25,13 @@ EPILOG = """\
 keys written, per capability (see shared/registry-contract.md):
   /chora/capabilities/{ns}/metadata|type|version|dependencies|manifest
   /chora/sync/owned/{ns}      inventory: prune deletes only what is listed here
-  /chora/sync/status          {commit, dirty, capabilities, errors[]}; written on change only
+  /chora/sync/status          {commit, dirty, capabilities, errors[], unowned[],
+                              prunes_held[], prune_refusal}; written on change only
+
+/healthz answers 503 with a "reason" within seconds when etcd cannot be reached, when
+etcd's NOSPACE alarm refuses writes (the reason says how to clear it), when the
+directory is missing, or when one step of the loop has been running for too long.
+A key of ours changed by someone else is repaired within a debounce, with a warning.
 
 exit codes with --once / --dry-run:
   0 every manifest valid, 1 at least one manifest rejected, 2 etcd unreachable
@@ -83,7 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-prune-ratio",
         type=float,
         default=0.5,
-        help="share of capabilities one reconcile may prune (default %(default)s)",
+        help="share of the capabilities owned that prunes may remove within "
+        "--prune-window; more is refused and kept (default %(default)s)",
+    )
+    p.add_argument(
+        "--prune-window",
+        type=float,
+        default=float(_env("PRUNE_WINDOW", "600") or 600),
+        help="seconds over which prunes are added up for --max-prune-ratio, so a "
+        "directory emptied one file at a time is caught like one emptied at once "
+        "(env PRUNE_WINDOW; default %(default)s)",
     )
     p.add_argument(
         "--etcd-timeout",
@@ -120,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         log.error("bad --endpoints", endpoints=args.endpoints, error=str(exc))
         return EXIT_UNREACHABLE
-    policy = Policy(args.max_prune_ratio, args.allow_mass_prune)
+    policy = Policy(args.max_prune_ratio, args.allow_mass_prune, args.prune_window)
     reconciler = Reconciler(args.capabilities, store, policy=policy)
     try:
         if args.once or args.dry_run:
@@ -139,6 +154,9 @@ def _once(
         try:
             outcome = reconciler.full(dry_run=dry_run)
             break
+        except NoSpace as exc:
+            log.error("etcd refuses writes", error=str(exc))
+            return EXIT_UNREACHABLE
         except Unavailable as exc:
             if time.monotonic() > deadline:
                 log.error("etcd unreachable", endpoints=reconciler.store.endpoints, error=str(exc))
@@ -177,7 +195,8 @@ def _daemon(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    health = Health()
+    # A step may legitimately take a few etcd deadlines (a ping retried across members).
+    health = Health(stall_after=max(10.0, 3 * args.etcd_timeout))
     server = None
     if args.metrics_port is not None:
         server = MetricsServer(args.metrics_port, health.check).start()

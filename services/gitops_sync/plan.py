@@ -8,6 +8,7 @@ is detected instead of overwritten. Nothing differs → no change → nothing wr
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -49,7 +50,49 @@ class Plan:
 @dataclass(frozen=True)
 class Policy:
     max_prune_ratio: float = 0.5
+    """Share of the capabilities we own that prunes may remove within ``prune_window``."""
     allow_mass_prune: bool = False
+    prune_window: float = 600.0
+    """Seconds over which prunes are added up: a directory emptied one file at a time
+    (an unmounting volume, a slow rsync, a checkout in progress) is judged as a whole."""
+
+
+class PruneWindow:
+    """Prunes applied in the last ``seconds``, and the most capabilities owned meanwhile.
+
+    Judging each reconcile alone let a directory emptied gradually (48 files moved out
+    one every 150 ms) prune 47 of 48: every partial reconcile pruned one, measured
+    against a total that shrank with each. Adding up the prunes of the window and
+    measuring them against the largest total seen in it catches that. Pure: times are
+    passed in."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._pruned: deque[tuple[float, int]] = deque()
+        self._totals: deque[tuple[float, int]] = deque()
+
+    def _trim(self, now: float) -> None:
+        for q in (self._pruned, self._totals):
+            while q and q[0][0] < now - self.seconds:
+                q.popleft()
+
+    def note_total(self, now: float, total: int) -> None:
+        self._totals.append((now, total))
+        self._trim(now)
+
+    def note_pruned(self, now: float, count: int) -> None:
+        if count:
+            self._pruned.append((now, count))
+        self._trim(now)
+
+    def pruned(self, now: float) -> int:
+        self._trim(now)
+        return sum(n for _, n in self._pruned)
+
+    def baseline(self, now: float, total: int) -> int:
+        """The most capabilities owned at any point of the window (``total`` now)."""
+        self._trim(now)
+        return max([total, *(n for _, n in self._totals)])
 
 
 @dataclass
@@ -83,6 +126,15 @@ class Actual:
 
     def capability_keys(self, namespace: str) -> list[str]:
         return [k for k in (keys.capability(namespace, n) for n in keys.SYNC_KEYS) if k in self.kvs]
+
+
+def unowned_namespaces(
+    present: Iterable[str], owned: Iterable[str], desired: Iterable[str]
+) -> set[str]:
+    """Namespaces holding capability keys that no inventory entry owns and no file
+    claims: written by someone else, or their inventory entry was deleted by hand. Such
+    keys are never pruned (we cannot know we wrote them), only reported."""
+    return set(present) - set(owned) - set(desired)
 
 
 def _guard(actual: Actual, key: str) -> Unchanged:
@@ -120,6 +172,7 @@ def make_plan(
     keep: Iterable[str] = (),
     broken_sources: Iterable[str] = (),
     owned_total: int | None = None,
+    recently_pruned: int = 0,
     policy: Policy = Policy(),
 ) -> Plan:
     """Plan for every namespace in ``scope`` (all known ones when None).
@@ -128,7 +181,8 @@ def make_plan(
     state stays as it is. ``broken_sources``: files that failed to load; what they wrote
     before is kept too, even when their namespace can no longer be read from them.
     ``owned_total``: how many capabilities we own in all, for the prune ratio when the
-    scope is partial.
+    scope is partial (the most owned within the prune window). ``recently_pruned``:
+    prunes already applied within the window; they count against the same ratio.
     """
     owned = actual.owned_namespaces()
     keep, broken = set(keep), set(broken_sources)
@@ -143,12 +197,17 @@ def make_plan(
         elif ns in owned and owned[ns] not in broken:
             prunes.append(prune(ns, actual))
     total = owned_total if owned_total is not None else len(owned)
-    if prunes and not policy.allow_mass_prune and len(prunes) > policy.max_prune_ratio * total:
+    doomed = len(prunes) + recently_pruned
+    if prunes and not policy.allow_mass_prune and doomed > policy.max_prune_ratio * total:
+        earlier = (
+            f" ({recently_pruned} already pruned in the last {policy.prune_window:.0f} s)"
+            if recently_pruned else ""
+        )
         refusal = (
-            f"refusing to prune {len(prunes)} of {total} capabilities "
-            f"(more than {policy.max_prune_ratio:.0%}): is the capabilities directory "
-            "unmounted or a checkout in progress? Everything was kept; rerun with "
-            "--allow-mass-prune if the deletion is intended"
+            f"refusing to prune {len(prunes)} of {total} capabilities{earlier}: "
+            f"more than {policy.max_prune_ratio:.0%} within {policy.prune_window:.0f} s. "
+            "Is the capabilities directory unmounting, being rsynced or checked out? "
+            "These were kept; rerun with --allow-mass-prune if the deletion is intended"
         )
         return Plan(tuple(changes), tuple(c.namespace for c in prunes), refusal)
     return Plan(tuple(changes + prunes))

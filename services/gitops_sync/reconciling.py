@@ -8,6 +8,7 @@ restart, a missed event or a lost connection heals on the next one.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,15 @@ from services.core import keys, logs
 from services.core.manifests import ManifestError
 from services.core.store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Delete, Put, Store, Unchanged
 from services.gitops_sync import telemetry
-from services.gitops_sync.plan import Actual, Change, Plan, Policy, make_plan
+from services.gitops_sync.plan import (
+    Actual,
+    Change,
+    Plan,
+    Policy,
+    PruneWindow,
+    make_plan,
+    unowned_namespaces,
+)
 from services.gitops_sync.scanning import Index, Resolved, source_revision
 
 log = logs.get("gitops_sync")
@@ -78,6 +87,11 @@ class Reconciler:
         self.policy = policy
         self.index = Index(self.root)
         self.owned_total = 0
+        self.prunes = PruneWindow(policy.prune_window)
+        self.held: dict[str, str] = {}  # namespace → why its prune was refused
+        self.unowned: set[str] = set()  # capabilities in etcd without an inventory entry
+        self.revision = 0  # of the last full read: where a watch of etcd may start
+        self.own_writes = OwnWrites()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sync-txn")
         self._reported: dict[str, str] = {}  # file → reason already logged
         self._detailed = True
@@ -92,53 +106,78 @@ class Reconciler:
         start = time.monotonic()
         self.index.scan()
         resolved = self.index.resolve()
-        actual = self._read_all()
-        self.owned_total = len(actual.owned_namespaces())
+        actual, present, self.revision = self._read_all()
+        owned = actual.owned_namespaces()
+        self.owned_total = len(owned)
+        self.prunes.note_total(start, self.owned_total)
+        self._note_unowned(unowned_namespaces(present, owned, resolved.desired))
         plan = make_plan(
             resolved.desired,
             actual,
             keep=resolved.keep,
             broken_sources=resolved.broken_sources,
+            owned_total=self.prunes.baseline(start, self.owned_total),
+            recently_pruned=self.prunes.pruned(start),
             policy=self.policy,
         )
+        if not dry_run:
+            self.held = {}
         return self._finish("full", plan, resolved, start, dry_run=dry_run)
 
-    def partial(self, names: Iterable[str]) -> Outcome:
-        """Only the files named (by events) and the namespaces they held or hold now."""
+    def partial(self, names: Iterable[str], drifted: Iterable[str] = ()) -> Outcome:
+        """Only the files named (by events) and the namespaces they held or hold now,
+        plus ``drifted``: namespaces whose keys a watch saw changed by someone else."""
         start = time.monotonic()
-        names = set(names)
+        names, drifted = set(names), set(drifted)
         before = self.index.refresh(names)
-        scope = {ns for ns in before.values() if ns} | self.index.namespaces_of(names)
+        by_files = {ns for ns in before.values() if ns} | self.index.namespaces_of(names)
+        scope = by_files | drifted
         if len(scope) > PARTIAL_LIMIT:
             return self.full()
         resolved = self.index.resolve()
-        actual = self._read_namespaces(scope)
+        actual, present = self._read_namespaces(scope)
+        owned = actual.owned_namespaces()
+        found = unowned_namespaces(present, owned, resolved.desired)
+        self._note_unowned((self.unowned - scope) | found)
         plan = make_plan(
             resolved.desired,
             actual,
             scope=scope,
             keep=resolved.keep,
             broken_sources=resolved.broken_sources,
-            owned_total=self.owned_total,
+            owned_total=self.prunes.baseline(start, self.owned_total),
+            recently_pruned=self.prunes.pruned(start),
             policy=self.policy,
         )
+        for ns in scope:
+            self.held.pop(ns, None)
+        for change in plan.changes:
+            if change.namespace in drifted - by_files:
+                telemetry.DRIFT_REPAIRS.inc()
+                log.warning(
+                    "capability keys changed outside the sync; repairing",
+                    change=change.describe(),
+                )
         return self._finish("partial", plan, resolved, start)
 
     # -- reading -------------------------------------------------------------------------
 
-    def _read_all(self) -> Actual:
-        caps, _ = self.store.get_prefix(keys.CAPABILITIES)
+    def _read_all(self) -> tuple[Actual, set[str], int]:
+        """What we own, the namespaces holding sync keys, and the revision read at."""
+        caps, revision = self.store.get_prefix(keys.CAPABILITIES)
         owned, _ = self.store.get_prefix(keys.SYNC_OWNED)
-        return Actual.from_kvs([*caps.values(), *owned.values()])
+        return Actual.from_kvs([*caps.values(), *owned.values()]), _present(caps), revision
 
-    def _read_namespaces(self, namespaces: Iterable[str]) -> Actual:
+    def _read_namespaces(self, namespaces: Iterable[str]) -> tuple[Actual, set[str]]:
         kvs = []
+        present: set[str] = set()
         for ns in namespaces:
             found, _ = self.store.get_prefix(keys.capability(ns, ""))
             kvs += found.values()
+            present |= _present(found)
             if (kv := self.store.get(keys.owned(ns))) is not None:
                 kvs.append(kv)
-        return Actual.from_kvs(kvs)
+        return Actual.from_kvs(kvs), present
 
     # -- applying ------------------------------------------------------------------------
 
@@ -149,7 +188,10 @@ class Reconciler:
         self._report_errors(resolved.errors)
         if plan.refusal:
             telemetry.PRUNES_REFUSED.inc()
-            log.error("prune refused", reason=plan.refusal, kept=list(plan.refused_prunes)[:20])
+            log.error("prune refused", reason=plan.refusal, kept=list(plan.refused_prunes)[:20],
+                      count=len(plan.refused_prunes))
+            if not dry_run:
+                self.held.update(dict.fromkeys(plan.refused_prunes, plan.refusal))
         if dry_run:
             outcome.seconds = time.monotonic() - start
             return outcome
@@ -164,7 +206,7 @@ class Reconciler:
                 namespaces=sorted(outcome.conflicts)[:20],
                 attempt=attempt + 1,
             )
-            actual = self._read_namespaces(outcome.conflicts)
+            actual, _ = self._read_namespaces(outcome.conflicts)
             retry = make_plan(
                 resolved.desired,
                 actual,
@@ -176,6 +218,8 @@ class Reconciler:
             )
             applied, outcome.conflicts = self._apply(retry.changes)
             outcome.applied += applied
+        pruned = {c.namespace for c in plan.changes if c.kind == "prune"} - outcome.conflicts
+        self.prunes.note_pruned(start, len(pruned))
         self._write_status(resolved)
         outcome.seconds = time.monotonic() - start
         self._record(outcome, resolved)
@@ -194,10 +238,11 @@ class Reconciler:
         return applied, conflicts
 
     def _send_batch(self, batch: list[Change]) -> tuple[int, set[str]]:
-        ok, _ = self.store.txn(
+        ok, revision = self.store.txn(
             [g for c in batch for g in c.guards], [op for c in batch for op in c.ops]
         )
         if ok:
+            self.own_writes.add(revision)
             telemetry.TXNS.labels("ok").inc()
             self._log_changes(batch)
             return len(batch), set()
@@ -232,6 +277,9 @@ class Reconciler:
                 {"file": e.path, "namespace": e.namespace, "reason": e.reason}
                 for e in resolved.errors
             ],
+            "unowned": sorted(self.unowned),
+            "prunes_held": sorted(self.held),
+            "prune_refusal": next(iter(self.held.values()), ""),
         }
 
     def _write_status(self, resolved: Resolved) -> None:
@@ -258,8 +306,52 @@ class Reconciler:
         telemetry.CAPABILITIES.set(len(resolved.desired))
         telemetry.MANIFEST_ERRORS.set(len(resolved.errors))
         telemetry.LAST_SUCCESS.set(time.time())
+        telemetry.PRUNES_HELD.set(len(self.held))
         # Keeps the prune ratio of partial reconciles honest until the next full read.
         self.owned_total += sum(
             1 if c.kind == "create" else -1 if c.kind == "prune" else 0
             for c in outcome.plan.changes
         )
+        self.prunes.note_total(time.monotonic(), self.owned_total)
+
+    def _note_unowned(self, unowned: set[str]) -> None:
+        """Capabilities someone else wrote, or whose inventory entry was deleted by hand:
+        never pruned (we cannot know they are ours), so reported: status, gauge, and one
+        log line whenever the set changes."""
+        if unowned != self.unowned:
+            if unowned:
+                log.warning(
+                    "capabilities in etcd without an inventory entry: not synced from a "
+                    "file and never pruned; delete them by hand or add their manifests",
+                    count=len(unowned), namespaces=sorted(unowned)[:20],
+                )
+            else:
+                log.info("no capabilities without an inventory entry any more")
+        self.unowned = unowned
+        telemetry.UNOWNED.set(len(unowned))
+
+
+def _present(kvs: Iterable[str]) -> set[str]:
+    """Namespaces with at least one sync-owned key (a lone health key is the heartbeat's,
+    on its way out after a prune)."""
+    names = set(keys.SYNC_KEYS)
+    return {split[0] for key in kvs if (split := keys.split(key)) and split[1] in names}
+
+
+class OwnWrites:
+    """Revisions of our recent transactions, so a watch can tell our writes from drift.
+    Bounded: an event too old to be found here only costs a no-op partial reconcile."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._revisions: dict[int, None] = {}
+        self._lock = threading.Lock()  # transactions land from several pool threads
+
+    def add(self, revision: int) -> None:
+        with self._lock:
+            self._revisions[revision] = None
+            while len(self._revisions) > self._limit:
+                del self._revisions[next(iter(self._revisions))]
+
+    def __contains__(self, revision: object) -> bool:
+        return revision in self._revisions

@@ -1,44 +1,100 @@
 """The daemon's loop: when to reconcile, and what to do when etcd is away.
 
 Triggers: a full reconcile at start and every ``interval``; debounced file events in
-between, each reconciling only the files concerned. On an etcd failure the loop backs off
-(capped, jittered) and folds everything pending into the next full reconcile, so it
-neither spins nor exits, and converges once etcd is back.
+between, each reconciling only the files concerned; and a watch on the keys we own in
+etcd, which reconciles a capability someone else changed within a debounce. On an etcd
+failure the loop backs off (capped, jittered) and folds everything pending into the next
+full reconcile, so it neither spins nor exits; a cheap ping (one alarm query, which
+needs a quorum) every second notices the moment etcd is back, and every few seconds
+while idle keeps ``/healthz`` true.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from services.core import logs
+from services.core import keys, logs
 from services.core.retry import Backoff
-from services.core.store import StoreError, Unavailable
+from services.core.store import NoSpace, StoreError, Unavailable
 from services.gitops_sync import telemetry
+from services.gitops_sync.drifting import Drifted, DriftWatch
 from services.gitops_sync.reconciling import Outcome, Reconciler
 from services.gitops_sync.scanning import DirectoryMissing
 from services.gitops_sync.watching import RESCAN, Debouncer, Watcher
 
 log = logs.get("gitops_sync")
 
+PING_IDLE = 5.0  # seconds between pings when nothing else reached etcd
+PING_FAILING = 1.0  # ... and while etcd is failing: recovery is noticed within this
+
 
 @dataclass
 class Health:
-    """What /healthz reports: are we reaching etcd, and when did we last succeed."""
+    """What /healthz reports. It must tell the truth within seconds: 503 when etcd has
+    not been reached for a while, when etcd refuses writes (NOSPACE), and when the loop
+    itself is stuck in one step (the reason names the step), never a stale 200."""
 
-    etcd_ok: bool = False
-    last_error: str = ""
-    last_success: float = 0.0
+    stall_after: float = 10.0
+    """A step running longer than this makes /healthz 503 "stalled"."""
+    unreachable_after: float = 12.0
+    """No successful contact with etcd for this long makes /healthz 503."""
+    etcd_error: str = ""
+    sync_error: str = ""  # not etcd's fault: the directory is missing, a bug
+    contact_at: float | None = None  # monotonic time etcd last answered us
+    last_success: float = 0.0  # wall time of the last successful reconcile
     errors: int = 0
+    step: str = ""
+    step_since: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def check(self) -> tuple[bool, dict[str, object]]:
+    @property
+    def etcd_ok(self) -> bool:
+        return self.contact_at is not None and not self.etcd_error
+
+    def reached(self) -> None:
         with self.lock:
+            self.contact_at, self.etcd_error = time.monotonic(), ""
+
+    def failed(self, error: str) -> None:
+        with self.lock:
+            self.etcd_error = error
+
+    @contextmanager
+    def running(self, step: str) -> Iterator[None]:
+        with self.lock:
+            self.step, self.step_since = step, time.monotonic()
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.step = ""
+
+    def check(self) -> tuple[bool, dict[str, object]]:
+        now = time.monotonic()
+        with self.lock:
+            reasons = []
+            if self.step and now - self.step_since > self.stall_after:
+                reasons.append(
+                    f"stalled: {self.step} has been running for {now - self.step_since:.0f} s")
+            if self.etcd_error:
+                reasons.append(self.etcd_error if "NOSPACE" in self.etcd_error
+                               else f"etcd unreachable: {self.etcd_error}")
+            elif self.contact_at is None:
+                reasons.append("starting: the first full reconcile has not reached etcd yet")
+            elif now - self.contact_at > self.unreachable_after:
+                reasons.append(f"etcd unreachable: not reached for {now - self.contact_at:.0f} s")
+            if self.sync_error:
+                reasons.append(self.sync_error)
             age = time.time() - self.last_success if self.last_success else None
-            return self.etcd_ok, {
-                "etcd": "reachable" if self.etcd_ok else f"unreachable: {self.last_error}",
+            return not reasons, {
+                "reason": "; ".join(reasons),
+                "etcd": "reachable" if self.etcd_ok else f"unreachable: {self.etcd_error}",
                 "last_success_seconds_ago": round(age, 1) if age is not None else None,
                 "manifest_errors": self.errors,
             }
@@ -55,7 +111,8 @@ def run(
     health = health or Health()
     events = Debouncer(quiet=debounce)
     watcher: Watcher | None = None
-    backoff = Backoff(initial=0.5, cap=30.0)
+    drift: list[DriftWatch] = []
+    backoff = Backoff(initial=0.5, cap=10.0)
     next_full = 0.0
     try:
         while not stop.is_set():
@@ -70,24 +127,77 @@ def run(
                     next_full = 0.0  # files that arrived before the watch began
             now = time.monotonic()
             if now >= next_full:
-                ok = _attempt(reconciler.full, health, backoff)
+                with health.running("full reconcile"):
+                    ok = _attempt(reconciler.full, health, backoff)
                 next_full = time.monotonic() + (interval if ok else backoff.next())
                 if ok:
                     log.info("next full reconcile", in_seconds=interval)
+                    if not drift:
+                        drift = _watch_drift(reconciler, events)
                 continue
-            names = events.take(timeout=min(next_full - now, 0.5))
-            if not names or stop.is_set():
+            if _ping_due(health, now) and _ping(reconciler, health):
+                next_full = 0.0  # etcd is back (quorum regained, alarm disarmed): at once
+                continue
+            items = events.take(timeout=min(next_full - now, 0.5))
+            if not items or stop.is_set():
                 continue
             if backoff.failures:
-                continue  # failing: the full reconcile the backoff scheduled covers these files
-            if RESCAN in names:
-                next_full = 0.0  # a directory changed: one full pass covers it
+                continue  # failing: the full reconcile the backoff scheduled covers these
+            if RESCAN in items:
+                next_full = 0.0  # a directory changed, or the watch was compacted
                 continue
-            if not _attempt(lambda n=names: reconciler.partial(n), health, backoff):
+            names = {i for i in items if isinstance(i, str)}
+            drifted = {i.namespace for i in items if isinstance(i, Drifted)}
+            with health.running("partial reconcile"):
+                ok = _attempt(partial(reconciler.partial, names, drifted), health, backoff)
+            if not ok:
                 next_full = time.monotonic() + backoff.next()
     finally:
+        for w in drift:
+            w.stop()
         if watcher is not None:
             watcher.stop()
+
+
+def _watch_drift(reconciler: Reconciler, events: Debouncer) -> list[DriftWatch]:
+    """From the first full read on, so no change falls between reading and watching."""
+    watches = [
+        DriftWatch(
+            reconciler.store, prefix, reconciler.revision + 1,
+            is_ours=reconciler.own_writes.__contains__,
+            on_drift=events.add,
+            on_compacted=lambda: events.add(RESCAN),
+        )
+        for prefix in (keys.CAPABILITIES, keys.SYNC_OWNED)
+    ]
+    for w in watches:
+        w.start()
+    return watches
+
+
+def _ping_due(health: Health, now: float) -> bool:
+    every = PING_FAILING if health.etcd_error else PING_IDLE
+    return health.contact_at is None or now - health.contact_at >= every
+
+
+def _ping(reconciler: Reconciler, health: Health) -> bool:
+    """Ask etcd for its alarms: the answer needs a quorum, and names NOSPACE. True when
+    etcd was failing and is now fine again."""
+    was_failing = bool(health.etcd_error)
+    with health.running("etcd ping"):
+        try:
+            alarms = reconciler.store.alarms()
+        except StoreError as exc:
+            health.failed(str(exc) or type(exc).__name__)
+            return False
+    if "NOSPACE" in alarms:
+        health.reached()
+        health.failed(NoSpace.HOW_TO_CLEAR)
+        return False
+    health.reached()
+    if was_failing:
+        log.info("etcd reachable again; reconciling now", alarms=alarms or None)
+    return was_failing
 
 
 def _watch(root: Path, events: Debouncer) -> Watcher | None:
@@ -102,29 +212,39 @@ def _watch(root: Path, events: Debouncer) -> Watcher | None:
     return watcher
 
 
-def _attempt(action: object, health: Health, backoff: Backoff) -> bool:
+def _attempt(action: Callable[[], Outcome], health: Health, backoff: Backoff) -> bool:
     try:
-        outcome: Outcome = action()  # type: ignore[operator]
+        outcome = action()
+    except NoSpace as exc:
+        telemetry.ETCD_FAILURES.inc()
+        telemetry.RECONCILES.labels("any", "etcd_nospace").inc()
+        health.failed(str(exc))
+        if not backoff.failures:
+            log.error("etcd refuses writes: NOSPACE alarm; will retry", error=str(exc))
+        return False
     except Unavailable as exc:
         telemetry.ETCD_FAILURES.inc()
         telemetry.RECONCILES.labels("any", "etcd_unavailable").inc()
-        with health.lock:
-            health.etcd_ok, health.last_error = False, str(exc)
+        health.failed(str(exc) or type(exc).__name__)
         log.warning("etcd unavailable; will retry", error=str(exc), failures=backoff.failures + 1)
         return False
     except DirectoryMissing as exc:
         log.error("nothing synced", reason=str(exc))
+        health.sync_error = f"nothing synced: {exc}"
         return False
     except StoreError as exc:
         log.error("etcd rejected a request", error=str(exc))
+        health.sync_error = f"etcd rejected a request: {exc}"
         return False
-    except Exception:  # a daemon logs a bug and retries; it does not die
+    except Exception as exc:  # a daemon logs a bug and retries; it does not die
         log.exception("reconcile failed unexpectedly; will retry")
+        health.sync_error = f"reconcile failed unexpectedly: {exc!r}"
         return False
     backoff.reset()
+    health.reached()
     with health.lock:
-        health.etcd_ok, health.last_error = True, ""
         health.last_success, health.errors = time.time(), len(outcome.errors)
+        health.sync_error = ""
     if outcome.plan.changes or outcome.kind == "full":
         log.info(
             "reconcile finished",

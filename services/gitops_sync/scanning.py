@@ -78,7 +78,9 @@ class Index:
         seen: dict[str, Signature] = {}
         with os.scandir(self.root) as it:
             for de in it:
-                if manifests.is_manifest_name(de.name) and not de.is_dir():
+                # A directory, FIFO or socket named like a manifest is listed too: loading
+                # it reports an error for that name instead of ignoring it silently.
+                if manifests.is_manifest_name(de.name):
                     try:
                         seen[de.name] = _signature(de.stat())
                     except OSError:  # dangling symlink, or deleted since listing
@@ -108,9 +110,7 @@ class Index:
                 else:
                     self.entries.pop(name, None)
                 continue
-            if path.is_dir():
-                self.entries.pop(name, None)
-            elif old is None or old.signature != _signature(st):
+            if old is None or old.signature != _signature(st):
                 self.entries[name] = self._load(name, _signature(st))
         return before
 

@@ -19,3 +19,13 @@ ETCD_FAILURES = Counter("chora_sync_etcd_unavailable_total", "Reconciles that co
 LAST_SUCCESS = Gauge(
     "chora_sync_last_success_timestamp_seconds", "Unix time of the last successful reconcile"
 )
+UNOWNED = Gauge(
+    "chora_sync_unowned_capabilities",
+    "Capabilities in etcd that no inventory entry owns and no file claims (never pruned)",
+)
+PRUNES_HELD = Gauge(
+    "chora_sync_prunes_held", "Capabilities whose files are gone but whose prune was refused"
+)
+DRIFT_REPAIRS = Counter(
+    "chora_sync_drift_repairs_total", "Capabilities repaired after someone else changed their keys"
+)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Hashable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -21,16 +22,17 @@ RESCAN = "*"  # a batch holding this asks for a full reconcile (a directory chan
 
 
 class Debouncer:
-    """Collects names; ``take()`` returns them once no new one arrived for ``quiet``
-    seconds (or ``max_delay`` after the first, so a steady stream still flushes)."""
+    """Collects names (file names, ``RESCAN``, or other hashable marks such as a drifted
+    namespace); ``take()`` returns them once no new one arrived for ``quiet`` seconds
+    (or ``max_delay`` after the first, so a steady stream still flushes)."""
 
     def __init__(self, quiet: float = 0.05, max_delay: float = 1.0) -> None:
         self.quiet, self.max_delay = quiet, max_delay
-        self._names: set[str] = set()
+        self._names: set[Hashable] = set()
         self._first = self._last = 0.0
         self._cond = threading.Condition()
 
-    def add(self, *names: str) -> None:
+    def add(self, *names: Hashable) -> None:
         with self._cond:
             now = time.monotonic()
             if not self._names:
@@ -39,7 +41,7 @@ class Debouncer:
             self._last = now
             self._cond.notify()
 
-    def take(self, timeout: float) -> set[str]:
+    def take(self, timeout: float) -> set[Hashable]:
         """Wait up to ``timeout`` seconds for names, then until they are quiet."""
         deadline = time.monotonic() + timeout
         with self._cond:

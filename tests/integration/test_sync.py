@@ -333,3 +333,77 @@ def test_the_daemon_serves_health_and_metrics_and_stops_cleanly_on_sigterm(caps,
         assert {"gitops sync started", "gitops sync stopped"} <= {e["event"] for e in logs}
     finally:
         proc.kill()
+
+
+def test_a_fifo_named_like_a_manifest_is_reported_and_edits_keep_flowing(caps, daemon, store):
+    write(caps, "a.yaml", manifest("chora.test.a"))
+    os.mkfifo(caps / "pipe.yaml")
+    daemon.start()
+    wait_for(lambda: "pipe.yaml" in errors_by_file(store), what="the FIFO reported")
+    assert "FIFO" in errors_by_file(store)["pipe.yaml"]
+    write(caps, "a.yaml", manifest("chora.test.a", version="2.0.0"))
+    wait_for(lambda: value(store, "chora.test.a", "version") == "2.0.0", what="edit synced")
+    (caps / "dir.yaml").mkdir()
+    wait_for(lambda: "is a directory" in errors_by_file(store).get("dir.yaml", ""),
+             what="a directory named like a manifest reported")
+
+
+def test_emptying_the_directory_gradually_prunes_at_most_the_ratio_and_says_what_was_held(
+    caps, etcd, store, tmp_path
+):
+    for i in range(20):
+        write(caps, f"c{i:02d}.yaml", manifest(f"chora.test.c{i:02d}"))
+    d = SyncDaemon(caps, etcd.endpoints).start()
+    try:
+        wait_for(lambda: len(namespaces(store)) == 20, what="first sync")
+        away = tmp_path / "away"
+        away.mkdir()
+        for path in sorted(caps.glob("*.yaml")):  # an unmounting volume, a slow rsync
+            path.rename(away / path.name)
+            wait_for(lambda p=path: d.reconciler.index.entries.get(p.name) is None,
+                     what=f"{path.name} seen gone")
+        wait_for(lambda: len(status(store).get("prunes_held", [])) == 10, what="held prunes")
+        assert len(namespaces(store)) == 10
+        st = status(store)
+        assert "already pruned in the last 600 s" in st["prune_refusal"]
+        assert set(st["prunes_held"]) == namespaces(store)
+    finally:
+        d.stop()
+
+
+def test_a_capability_whose_inventory_entry_was_deleted_is_reported_and_kept(
+    caps, daemon, store
+):
+    write(caps, "a.yaml", manifest("chora.test.a"))
+    write(caps, "b.yaml", manifest("chora.test.b"))
+    write(caps, "c.yaml", manifest("chora.test.c"))
+    daemon.start()
+    wait_for(lambda: namespaces(store) == {"chora.test.a", "chora.test.b", "chora.test.c"})
+    from etcd3 import etcdrpc
+
+    store._kv.DeleteRange(etcdrpc.DeleteRangeRequest(key=keys.owned("chora.test.b").encode()), 5)
+    (caps / "b.yaml").unlink()
+    wait_for(lambda: status(store).get("unowned") == ["chora.test.b"], what="reported unowned")
+    assert "chora.test.b" in namespaces(store)  # never pruned silently
+    from services.gitops_sync import telemetry
+
+    assert telemetry.UNOWNED._value.get() == 1
+
+
+def test_a_key_changed_outside_the_sync_is_repaired_within_seconds(caps, daemon, store):
+    write(caps, "a.yaml", manifest("chora.test.a"))
+    daemon.start()
+    wait_for(lambda: value(store, "chora.test.a", "version") == "1.0.0", what="first sync")
+    from services.gitops_sync import telemetry
+
+    repairs = telemetry.DRIFT_REPAIRS._value.get()
+    store.txn([], [Put(keys.capability("chora.test.a", keys.VERSION), b"6.6.6")])
+    wait_for(lambda: value(store, "chora.test.a", "version") == "1.0.0", timeout=3,
+             what="drift repaired")
+    assert telemetry.DRIFT_REPAIRS._value.get() == repairs + 1
+    from etcd3 import etcdrpc
+
+    store._kv.DeleteRange(
+        etcdrpc.DeleteRangeRequest(key=keys.capability("chora.test.a", keys.TYPE).encode()), 5)
+    wait_for(lambda: value(store, "chora.test.a", "type") == "service", timeout=3,
+             what="deleted key restored")

@@ -130,3 +130,27 @@ def test_quorum_lost_and_restored_converges_with_nothing_lost_and_no_busy_retry(
         assert d.health.etcd_ok
     finally:
         d.stop()
+
+
+def test_healthz_turns_503_with_the_reason_within_15_seconds_of_losing_quorum(
+    caps, fresh_cluster, observer
+):
+    d = SyncDaemon(caps, fresh_cluster.endpoints, interval=3600).start()
+    try:
+        wait_for(lambda: namespaces(observer) == expected(10))
+        wait_for(lambda: d.health.check()[0], what="healthy")
+        lost = time.monotonic()
+        for m in fresh_cluster.members[1:]:
+            m.kill()
+        wait_for(lambda: not d.health.check()[0], timeout=20, what="503")
+        assert time.monotonic() - lost <= 15
+        assert "etcd unreachable" in d.health.check()[1]["reason"]
+        for m in fresh_cluster.members[1:]:
+            m.start()
+        back = time.monotonic()
+        wait_for(lambda: d.health.check()[0], timeout=30, what="200 again")
+        write_batch(caps, 10, 1)
+        wait_for(lambda: namespaces(observer) == expected(11), timeout=10, what="syncing again")
+        assert time.monotonic() - back < 30
+    finally:
+        d.stop()

@@ -204,3 +204,48 @@ def test_a_symlink_leading_outside_the_directory_is_not_followed(tmp_path):
 )
 def test_only_yaml_files_are_manifests(name, is_manifest):
     assert manifests.is_manifest_name(name) is is_manifest
+
+
+def _load_within(path: Path, root: Path, seconds: float = 5.0) -> ManifestError:
+    """Load in a thread, so a regression that blocks fails the test instead of hanging it."""
+    import threading
+
+    out: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            load(path, root)
+        except BaseException as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"loading {path.name} blocked"
+    assert out and isinstance(out[0], ManifestError), out
+    return out[0]
+
+
+def test_a_fifo_named_like_a_manifest_is_rejected_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe.yaml")
+    err = _load_within(tmp_path / "pipe.yaml", tmp_path)
+    assert "pipe.yaml" in str(err) and "FIFO" in err.reason and "not a regular file" in err.reason
+
+
+def test_a_directory_and_a_socket_named_like_manifests_are_rejected(tmp_path):
+    import socket
+
+    (tmp_path / "dir.yaml").mkdir()
+    assert "is a directory" in _load_within(tmp_path / "dir.yaml", tmp_path).reason
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(tmp_path / "sock.yaml"))
+        assert "is a socket" in _load_within(tmp_path / "sock.yaml", tmp_path).reason
+    finally:
+        sock.close()
+
+
+def test_a_symlink_to_a_fifo_inside_the_directory_is_rejected_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "pipe")
+    assert "FIFO" in _load_within(tmp_path / "link.yaml", tmp_path).reason

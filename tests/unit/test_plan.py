@@ -1,7 +1,7 @@
 from services.core import keys
 from services.core.manifests import from_document, parse_yaml
 from services.core.store import Delete, KeyValue, Put, Unchanged
-from services.gitops_sync.plan import Actual, Policy, make_plan
+from services.gitops_sync.plan import Actual, Policy, PruneWindow, make_plan, unowned_namespaces
 from services.gitops_sync.projection import project
 from tests.manifests import manifest
 
@@ -114,3 +114,52 @@ def test_projection_writes_the_contract_keys():
     assert values[keys.owned("a.b")] == b'{"source":"a.yaml"}'
     assert project(cap) == values  # deterministic: what makes a no-op reconcile write nothing
     assert Put(keys.capability("a.b", "type"), b"pattern") is not None
+
+
+def test_a_directory_emptied_one_file_at_a_time_is_caught_by_the_prune_window():
+    names = [f"a.n{i:02d}" for i in range(20)]
+    desired = desired_for(*names)
+    window = PruneWindow(600)
+    owned = len(names)
+    window.note_total(0.0, owned)
+    pruned = []
+    for i, ns in enumerate(names):  # one file leaves per partial reconcile, 150 ms apart
+        now = i * 0.15
+        plan = make_plan(
+            {n: d for n, d in desired.items() if n not in pruned and n != ns},
+            actual_from({ns: desired[ns]}),
+            scope={ns},
+            owned_total=window.baseline(now, owned),
+            recently_pruned=window.pruned(now),
+        )
+        if plan.refusal:
+            assert "already pruned in the last 600 s" in plan.refusal
+            assert plan.refused_prunes == (ns,)
+            continue
+        pruned.append(ns)
+        owned -= 1
+        window.note_pruned(now, 1)
+    assert len(pruned) == 10  # half of the 20 seen in the window, not 19 of them
+
+
+def test_prunes_older_than_the_window_no_longer_count():
+    window = PruneWindow(60)
+    window.note_total(0.0, 10)
+    window.note_pruned(0.0, 5)
+    assert window.pruned(30.0) == 5 and window.baseline(30.0, 5) == 10
+    assert window.pruned(61.0) == 0 and window.baseline(61.0, 5) == 5
+
+
+def test_unowned_namespaces_are_those_no_inventory_owns_and_no_file_claims():
+    present = {"a.owned", "a.handmade", "a.claimed"}
+    assert unowned_namespaces(present, owned={"a.owned"}, desired={"a.claimed"}) == {
+        "a.handmade"
+    }
+
+
+def test_an_unowned_capability_is_never_pruned():
+    desired = desired_for("a.b")
+    handmade = {k.replace("a.b", "a.x"): v for k, v in desired["a.b"].items()
+                if not k.startswith(keys.SYNC_OWNED)}
+    plan = make_plan({}, actual_from({}, extra=handmade), policy=Policy(allow_mass_prune=True))
+    assert plan.empty
