@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""The registry at a glance: members, leader, DB sizes, the last sync, live heartbeats.
+"""The registry at a glance: members, leader, DB sizes, alarms, the last sync, live heartbeats.
 
     python scripts/status.py [--endpoints h:p,h:p,h:p] [--json]
 
-Exit codes: 0 every member healthy with one leader, 1 degraded (a member down, no
-leader), 2 no member reachable.
+Exit codes: 0 every member healthy with one leader and no alarm raised, 1 degraded (a
+member down, no leader, an alarm such as NOSPACE), 2 no member reachable.
 """
 
 from __future__ import annotations
@@ -19,9 +19,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.core import keys, topology
-from services.core.store import Store, StoreError, parse_endpoints
+from services.core.store import NoSpace, Store, StoreError, parse_endpoints
 
 EXIT_OK, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
+
+# The cure of each alarm whose cure is known. NOSPACE refuses every write (the sync's and
+# the heartbeat's: health keys expire) until an operator clears it, and nothing else
+# shows it: every member still answers and looks healthy.
+HOW_TO_CLEAR = {"NOSPACE": NoSpace.HOW_TO_CLEAR}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +73,12 @@ def collect(endpoints: list[str], timeout: float = 2.0) -> dict[str, Any]:
             readable = True
         except StoreError:  # members answer, but there is no quorum for a read
             kvs, revision, sync, readable = {}, 0, None, False
+        alarms: list[str] | None = None  # None: unknown (asking needs a quorum)
+        if readable:
+            try:
+                alarms = store.alarms()
+            except StoreError:
+                alarms = None
     parts = [keys.split(k) for k in kvs]
     capabilities = sorted({p[0] for p in parts if p and p[1] == keys.TYPE})
     health = sorted({p[0] for p in parts if p and p[1] == keys.HEALTH})
@@ -83,6 +94,8 @@ def collect(endpoints: list[str], timeout: float = 2.0) -> dict[str, Any]:
         "members": members,
         "leader": names.get(leader) if leader else None,
         "quorum": readable,
+        "alarms": alarms,
+        "how_to_clear": {a: HOW_TO_CLEAR[a] for a in alarms or [] if a in HOW_TO_CLEAR},
         "revision": revision,
         "capabilities": len(capabilities),
         "live_health_keys": len(health),
@@ -91,12 +104,29 @@ def collect(endpoints: list[str], timeout: float = 2.0) -> dict[str, Any]:
     }
 
 
-def healthy(report: dict[str, Any]) -> bool:
+def _members_ok(report: dict[str, Any]) -> bool:
     return (
         all(m["healthy"] for m in report["members"])
         and report["leader"] is not None
         and report["quorum"]
     )
+
+
+def healthy(report: dict[str, Any]) -> bool:
+    """OK needs every member, one leader, a quorum, and no alarm known to be raised: an
+    alarm (NOSPACE) refuses writes while every member still looks healthy."""
+    return _members_ok(report) and report["alarms"] == []
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """OK, DEGRADED, ALARM NOSPACE or both: an alarm gets its own word because
+    nothing clears it by itself, an operator must (the cure is printed above)."""
+    if healthy(report):
+        return "OK"
+    words = [] if _members_ok(report) and report["alarms"] else ["DEGRADED"]
+    if report["alarms"]:
+        words.append("ALARM " + ", ".join(report["alarms"]))
+    return ", ".join(words)
 
 
 def _size(n: int) -> str:
@@ -122,6 +152,14 @@ def render(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"leader:        {report['leader'] or 'NONE'}"
                  + ("" if report["quorum"] else "  (no quorum: reads fail)"))
+    alarms = report["alarms"]
+    if alarms is None:
+        unknown = "no quorum" if not report["quorum"] else "the alarm request failed"
+        lines.append(f"alarms:        unknown ({unknown})")
+    else:
+        lines.append(f"alarms:        {', '.join(alarms) or 'none'}")
+    for name, cure in report["how_to_clear"].items():
+        lines.append(f"  {name}: {cure}")
     lines.append(f"capabilities:  {report['capabilities']}")
     lines.append(f"live health:   {report['live_health_keys']}"
                  + (f"  ({', '.join(report['health_keys'])})" if report["health_keys"] else ""))
@@ -139,7 +177,7 @@ def render(report: dict[str, Any]) -> str:
             where = f" [{err['namespace']}]" if err.get("namespace") else ""
             lines.append(f"  error: {err.get('file')}{where}: {err.get('reason')}")
     lines.append("")
-    lines.append("status:        " + ("OK" if healthy(report) else "DEGRADED"))
+    lines.append("status:        " + verdict(report))
     return "\n".join(lines)
 
 

@@ -17,7 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from services.core import topology  # noqa: E402
-from services.core.localcluster import LocalCluster  # noqa: E402
+from services.core.localcluster import (  # noqa: E402
+    LocalCluster,
+    choose_etcd,
+    version_warning,
+)
 
 SYNC_METRICS, HEARTBEAT_METRICS = 9101, 9102
 
@@ -27,7 +31,25 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def announce_etcd() -> bool:
+    """Say which etcd binary runs and its version, first thing, so every run's output
+    records it; warn when that version has a known data-loss bug. False: none found."""
+    try:
+        etcd = choose_etcd()
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return False
+    print(f"etcd {etcd.version_text}: {etcd.path} (from {etcd.source}; "
+          "ETCD_BIN or a newer etcd on PATH takes precedence)", flush=True)
+    warning = version_warning(etcd.version)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    return True
+
+
 def main() -> int:
+    if not announce_etcd():
+        return 1
     busy = [p for m in topology.MEMBERS for p in (m.client_port, m.peer_port) if port_in_use(p)]
     if busy:
         print(f"ports {busy} are already in use: is another `make up` running?", file=sys.stderr)

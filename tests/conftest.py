@@ -62,3 +62,10 @@ def wait_for(
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}: {last!r}")
+
+
+def pytest_report_header() -> list[str]:
+    """Which etcd the suite runs against, and its known bugs, at the top of every run."""
+    from services.core.localcluster import report_header
+
+    return report_header()

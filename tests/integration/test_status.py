@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from services.core import keys
-from services.core.localcluster import free_ports
-from services.core.store import Put
+from services.core.localcluster import LocalCluster, etcd_binary, free_ports
+from services.core.store import NoSpace, Put, Store
 from tests.integration.daemon_processes import REPO
 
 SCRIPT = REPO / "scripts" / "status.py"
+TINY_QUOTA = 1024 * 1024  # bytes: a few large puts exceed it
 
 
 def status(endpoints: list[str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -88,3 +94,79 @@ def test_no_reachable_member_exits_2():
     out = status([f"127.0.0.1:{p}" for p in free_ports(2)])
     assert out.returncode == 2
     assert "cannot reach etcd" in out.stderr
+
+
+@pytest.fixture
+def tiny_quota_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A fresh cluster whose members refuse writes beyond 1 MiB: NOSPACE within seconds."""
+    cluster = LocalCluster.ephemeral(
+        tmp_path / "etcd", extra_flags={"quota-backend-bytes": str(TINY_QUOTA)}
+    ).start()
+    yield cluster
+    cluster.destroy()
+
+
+def fill_until_nospace(store: Store) -> int:
+    """Overwrite one key with 128 KiB values until etcd refuses with NOSPACE; the puts it
+    took. etcd checks the quota against a DB size that lags its writes by a commit or
+    two, so the count varies (20-60 here); the loop is bounded in puts and in time."""
+    value = b"x" * (128 * 1024)
+    deadline = time.monotonic() + 60
+    for puts in range(1, 1000):
+        try:
+            store.txn([], [Put("/fill/blob", value)])
+        except NoSpace:
+            return puts
+        assert time.monotonic() < deadline, f"no NOSPACE after {puts} puts in 60 s"
+    raise AssertionError("no NOSPACE after 1000 puts of 128 KiB")
+
+
+def etcdctl(cluster: LocalCluster, *args: str) -> str:
+    out = subprocess.run(
+        [etcd_binary("etcdctl"), f"--endpoints={','.join(cluster.endpoints)}",
+         "--command-timeout=10s", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert out.returncode == 0, f"etcdctl {' '.join(args)}: {out.stdout}{out.stderr}"
+    return out.stdout
+
+
+def test_a_raised_nospace_alarm_is_named_with_its_cure_and_status_is_ok_once_cleared(
+    tiny_quota_cluster,
+):
+    cluster = tiny_quota_cluster
+    with Store(cluster.endpoints, timeout=3.0) as store:
+        fill_until_nospace(store)
+
+        out = status(cluster.endpoints, "--json")
+        assert out.returncode == 1, out.stdout + out.stderr
+        report = json.loads(out.stdout)
+        assert report["alarms"] == ["NOSPACE"]
+        assert report["how_to_clear"] == {"NOSPACE": NoSpace.HOW_TO_CLEAR}
+        assert all(m["healthy"] for m in report["members"]) and report["quorum"]
+        text = status(cluster.endpoints).stdout
+        assert "alarms:        NOSPACE" in text
+        assert f"  NOSPACE: {NoSpace.HOW_TO_CLEAR}" in text
+        assert text.rstrip().endswith("status:        ALARM NOSPACE")
+
+        # The cure, exactly as HOW_TO_CLEAR and the README tell an operator.
+        revision = store.revision()
+        etcdctl(cluster, "compact", str(revision))
+        etcdctl(cluster, "defrag", "--cluster")
+        etcdctl(cluster, "alarm", "disarm")
+
+        out = status(cluster.endpoints, "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        report = json.loads(out.stdout)
+        assert report["alarms"] == [] and report["how_to_clear"] == {}
+        assert all(m["db_size"] < TINY_QUOTA for m in report["members"])
+        text = status(cluster.endpoints).stdout
+        assert "alarms:        none" in text
+        assert text.rstrip().endswith("status:        OK")
+        store.txn([], [Put("/fill/small", b"accepted again")])
+
+
+def test_an_ok_cluster_reports_no_alarms(etcd, store):
+    report = json.loads(status(etcd.endpoints, "--json").stdout)
+    assert report["alarms"] == [] and report["how_to_clear"] == {}
+    assert "alarms:        none" in status(etcd.endpoints).stdout
