@@ -12,6 +12,9 @@ SYNC_STATUS = SYNC + "status"
 # One key per capability the sync wrote: prune deletes only what this inventory lists.
 SYNC_OWNED = SYNC + "owned/"
 HEARTBEAT = "/chora/heartbeat/"
+# One key per service the heartbeat ever beat, no lease (it outlives the health key): the
+# heartbeat_count reserved so far, so a restart or a rejoin never repeats a count.
+HEARTBEAT_COUNTS = HEARTBEAT + "counts/"
 
 METADATA, TYPE, VERSION, DEPENDENCIES, MANIFEST = (
     "metadata",
@@ -32,6 +35,10 @@ def capability(namespace: str, name: str) -> str:
 
 def owned(namespace: str) -> str:
     return SYNC_OWNED + namespace
+
+
+def heartbeat_count(namespace: str) -> str:
+    return HEARTBEAT_COUNTS + namespace
 
 
 def split(key: str) -> tuple[str, str] | None:

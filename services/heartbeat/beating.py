@@ -5,8 +5,10 @@ keep-alive stream (``Store.keepalive``), grants a lease just in time where etcd 
 knows one, and writes their health records in batched transactions (at most
 ``MAX_TXN_OPS`` puts each, every put on its own service's lease). Probes run on a thread
 pool and only leave their latest result behind; a beat writes whatever result is
-latest, so a slow or hanging probe never delays anybody's beat. Beats are spread evenly
-over the interval, so 10,000 services make a steady stream of small rounds.
+latest, so a slow or hanging probe never delays anybody's beat. New services' beats
+are spread evenly over the interval, so 10,000 services make a steady stream of small
+rounds. Adopted leases (a restart) are refreshed at once, whatever time they have left,
+then scattered over the interval the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from services.core import keys
@@ -34,6 +36,24 @@ STREAMS = 4  # parallel keep-alive streams (and txns) per round
 MIN_STREAM = 50  # fewer leases than this share one stream
 TICK = 0.1  # seconds between two rounds
 Beat = tuple[Session, float, Assessment]  # session, scheduled time, what to write
+Item = tuple[Beat, list[Put], int]  # a beat, its puts (record, count reservation), reserved
+
+
+def pack(items: list[Item], limit: int = MAX_TXN_OPS) -> list[list[Item]]:
+    """Items in order, in batches of at most ``limit`` puts, never splitting an item: a
+    record and the count reservation it needs land in the same txn, or neither does."""
+    batches: list[list[Item]] = []
+    batch: list[Item] = []
+    ops = 0
+    for item in items:
+        if batch and ops + len(item[1]) > limit:
+            batches.append(batch)
+            batch, ops = [], 0
+        batch.append(item)
+        ops += len(item[1])
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 class Heartbeat:
@@ -57,6 +77,7 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._pending: dict[str, Check] | None = None
         self._hints: dict[str, Adoption] = {}
+        self._floors: dict[str, int] = {}  # counts of services without a session (left, hinted)
         self._probe_results: deque[tuple[Session, Check, ProbeResult]] = deque()
         self._revokes: deque[tuple[int, float, float]] = deque()  # lease, give up at, not before
         self._probe_pool = ThreadPoolExecutor(settings.probe_workers, "probe")
@@ -94,19 +115,24 @@ class Heartbeat:
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             now = self.clock()
-            self._apply_pending(now)
-            self._collect_probe_results()
-            self._start_probes(now)
-            self._submit_revokes(now)
-            due = self.schedule.pop_due(now)
-            if due:
-                self._beat(due)
-            elif self.applied.is_set():
-                self._ping(now)  # no beat due: prove etcd is reachable once per interval
+            self.step(now)
             # A fixed tick, not "sleep until the next due beat": beats due within one tick
             # share a round (one keep-alive stream, one txn per 128), which is what makes
             # 10,000 services cheap. It costs at most one tick of lag.
             stop.wait(max(0.0, TICK - (self.clock() - now)))
+
+    def step(self, now: float) -> None:
+        """One tick: apply the service set, tend the probes, revoke, beat what is due.
+        Separate from ``run`` so tests can drive the scheduler with a clock of their own."""
+        self._apply_pending(now)
+        self._collect_probe_results()
+        self._start_probes(now)
+        self._submit_revokes(now)
+        due = self.schedule.pop_due(now)
+        if due:
+            self._beat(due)
+        elif self.applied.is_set():
+            self._ping(now)  # no beat due: prove etcd is reachable once per interval
 
     # -- the service set -----------------------------------------------------------------
 
@@ -117,39 +143,98 @@ class Heartbeat:
         if desired is None:
             return
         d = diff({ns: s.check for ns, s in self.sessions.items()}, desired)
-        for ns in d.removed:
-            s = self.sessions.pop(ns)
-            self.schedule.remove(ns)
-            self._late.pop(ns, None)
-            self.probe_schedule.remove(ns)
-            if s.lease:
-                self._revokes.append((s.lease, now + self.settings.ttl, 0.0))
-            if len(d.removed) <= 20:
-                self.log.info("service left the set; revoking its lease", namespace=ns)
-        if len(d.removed) > 20:
-            self.log.info("services left the set; revoking their leases", count=len(d.removed))
+        self._remove(d.removed, now)
         for ns, check in d.changed.items():
             self.sessions[ns].change_check(check)
             self._plan_probe(ns, check, now)
             self.log.info("health check changed", namespace=ns, check=check.kind,
                           target=check.target)
-        for ns, check in d.added.items():
-            s = Session.start(ns, check, keys.capability(ns, keys.HEALTH), hints.get(ns))
-            self.sessions[ns] = s
-            self._plan_probe(ns, check, now)
-            if s.adopted:
-                self.metrics.leases_adopted.inc()
-            if len(d.added) <= 20:
-                self.log.info("service joined the set", namespace=ns, check=check.kind,
-                              adopted_lease=s.adopted, heartbeat_count=s.count)
-        self.schedule.spread(d.added, now, self.settings.interval)
-        if len(d.added) > 20:
-            adopted = sum(1 for ns in d.added if self.sessions[ns].adopted)
-            self.log.info("services joined the set", count=len(d.added), adopted_leases=adopted)
+        for ns, hint in hints.items():
+            if ns not in self.sessions and ns not in d.added:
+                self._floors[ns] = max(self._floors.get(ns, 0), hint.count, hint.reserved)
+        self._add(d.added, hints, now)
         self.metrics.services.set(len(self.sessions))
         self.applied.set()
         if d.removed:
             self._submit_revokes(now)
+
+    def _remove(self, removed: list[str], now: float) -> None:
+        """Revoke the leases of services that left, and store their exact counts (and
+        remember them) so a rejoin continues the count instead of restarting it."""
+        left: list[Session] = []
+        for ns in removed:
+            s = self.sessions.pop(ns)
+            left.append(s)
+            self.schedule.remove(ns)
+            self._late.pop(ns, None)
+            self.probe_schedule.remove(ns)
+            self._floors[ns] = s.count
+            if s.lease:
+                self._revokes.append((s.lease, now + self.settings.ttl, 0.0))
+            if s.retiring is not None:
+                self._revokes.append((s.retiring[0], now + s.retiring[1], 0.0))
+            if len(removed) <= 20:
+                self.log.info("service left the set; revoking its lease", namespace=ns)
+        if len(removed) > 20:
+            self.log.info("services left the set; revoking their leases", count=len(removed))
+        if left:
+            self._save_counts(left, now + self.settings.timeout + 1.0)
+
+    def _add(self, added: Mapping[str, Check], hints: Mapping[str, Adoption], now: float) -> None:
+        """Start a session per new service. An adopted lease may have little time left
+        (its daemon crashed up to an interval after its last refresh, and the restart
+        took a while), so every adopted lease is due at once: the first round refreshes
+        them all over the batched keep-alive streams. New services are spread evenly over
+        one interval, so a thousand added at once make a steady stream of small rounds."""
+        fresh: list[str] = []
+        for ns, check in added.items():
+            adoption = self._adoption(ns, hints.get(ns))
+            s = Session.start(ns, check, keys.capability(ns, keys.HEALTH), adoption)
+            self.sessions[ns] = s
+            self._plan_probe(ns, check, now)
+            if s.adopted:
+                self.metrics.leases_adopted.inc()
+                self.schedule.at(ns, now)
+            else:
+                fresh.append(ns)
+            if len(added) <= 20:
+                self.log.info("service joined the set", namespace=ns, check=check.kind,
+                              adopted_lease=s.adopted, heartbeat_count=s.count)
+        self.schedule.spread(fresh, now, self.settings.interval)
+        if len(added) > 20:
+            self.log.info("services joined the set", count=len(added),
+                          adopted_leases=len(added) - len(fresh))
+
+    def _adoption(self, ns: str, hint: Adoption | None) -> Adoption | None:
+        """The hint read from etcd, raised to the count this daemon remembers for ``ns``
+        (it left the set, or was in a hint before it became a service). With such a
+        count the first beat reserves anew (``reserved=0``): the counts key may have been
+        lowered to the exact count since the hint was read."""
+        floor = self._floors.pop(ns, None)
+        if floor is None:
+            return hint
+        if hint is None:
+            return Adoption(0, floor, None)
+        return Adoption(hint.lease, max(floor, hint.count, hint.reserved), hint.status)
+
+    def _save_counts(self, sessions: Iterable[Session], deadline: float) -> int:
+        """Store each session's exact count in its counts key, so the next start or rejoin
+        continues without a jump: batched, in parallel, best effort until ``deadline``.
+        A failure costs nothing but that jump: the key keeps its reservation, which is at
+        least every count written. Returns how many were stored."""
+        puts = [Put(keys.heartbeat_count(s.namespace), str(s.count).encode())
+                for s in sessions if s.count]
+        batches = [puts[i:i + MAX_TXN_OPS] for i in range(0, len(puts), MAX_TXN_OPS)]
+        futures = [self._io_pool.submit(self.store.txn, [], batch) for batch in batches]
+        done, late = wait(futures, timeout=max(0.1, deadline - self.clock()))
+        for fut in late:
+            fut.cancel()  # not sent yet: a late exact count could undercut a new reservation
+        saved = sum(len(b) for f, b in zip(futures, batches, strict=True)
+                    if f in done and f.exception() is None)
+        if saved < len(puts):
+            self.log.warning("could not store the exact heartbeat counts; the next start "
+                             "continues from the reserved ones", stored=saved, of=len(puts))
+        return saved
 
     def _submit_revokes(self, now: float) -> None:
         for _ in range(len(self._revokes)):
@@ -271,7 +356,32 @@ class Heartbeat:
         else:
             for fut in [self._io_pool.submit(self.store.refresh_leases, c) for c in chunks]:
                 ttls.update(fut.result())  # re-raises the first StoreError
-        self._lost([s for s in leased if ttls.get(s.lease, 0) <= 0])
+        lost: list[Session] = []
+        other_ttl: list[tuple[Session, int]] = []
+        for s in leased:
+            granted = ttls.get(s.lease, 0)  # a keep-alive answers with the granted TTL
+            if granted <= 0:
+                lost.append(s)
+            elif s.adopted and granted != self.settings.ttl:
+                other_ttl.append((s, granted))
+        self._lost(lost)
+        self._retire(other_ttl)
+
+    def _retire(self, found: list[tuple[Session, int]]) -> None:
+        """Adopted leases granted with a TTL other than --ttl (the previous daemon ran with
+        another one): a new lease is granted in this same round and the record written on
+        it, which moves the key without a gap (the old lease was just refreshed and holds
+        it until then); the old lease is revoked once the key is off it (``_written``)."""
+        if not found:
+            return
+        for s, granted in found:
+            s.retiring = (s.lease, granted)
+            s.lease = 0
+        self.log.info(
+            "adopted leases have a TTL other than --ttl; granting new ones",
+            count=len(found), adopted_ttls=sorted({g for _, g in found}), ttl=self.settings.ttl,
+            namespaces=[s.namespace for s, _ in found[:10]],
+        )
 
     def _lost(self, sessions: list[Session]) -> None:
         fresh = [s for s in sessions if not s.lease_lost]
@@ -307,10 +417,10 @@ class Heartbeat:
     def _write(self, beats: list[Beat]) -> tuple[list[Beat], list[Beat], StoreError | None]:
         now, wall = self.clock(), time.time()
         stamp = iso_utc(wall)
-        puts: list[tuple[Beat, Put]] = []
+        items: list[Item] = []
         for b in beats:
             s, _, a = b
-            s.count += 1  # also on a failed write: counts may skip, never repeat
+            reserve = s.next_count()
             since = None
             if s.failing_since is not None:
                 since = iso_utc(wall - (now - s.failing_since))
@@ -319,11 +429,14 @@ class Heartbeat:
                 timestamp=stamp, ttl=self.settings.ttl, interval=self.settings.interval,
                 failing_since=since,
             )
-            puts.append((b, Put(s.key, value, s.lease)))
+            puts = [Put(s.key, value, s.lease)]
+            if reserve:  # once per COUNT_BLOCK beats: no revision of its own, same txn
+                puts.append(Put(keys.heartbeat_count(s.namespace), str(reserve).encode()))
+            items.append((b, puts, reserve))
         written: list[Beat] = []
         failed: list[Beat] = []
         error: StoreError | None = None
-        batches = [puts[i:i + MAX_TXN_OPS] for i in range(0, len(puts), MAX_TXN_OPS)]
+        batches = pack(items)
         outcomes: list[BaseException | None]
         if len(batches) == 1:
             outcomes = [self._try_txn(batches[0])]
@@ -332,42 +445,45 @@ class Heartbeat:
                         [self._io_pool.submit(self._try_txn, batch) for batch in batches]]
         for batch, outcome in zip(batches, outcomes, strict=True):
             if outcome is None:
-                written += [b for b, _ in batch]
+                for b, _, reserve in batch:
+                    b[0].reserved(reserve)
+                    written.append(b)
             elif isinstance(outcome, LeaseNotFound):
                 w, f, e = self._write_each(batch)
                 written += w
                 failed += f
                 error = e or error
             else:
-                failed += [b for b, _ in batch]
+                failed += [b for b, _, _ in batch]
                 error = outcome if isinstance(outcome, StoreError) else StoreError(repr(outcome))
         return written, failed, error
 
-    def _try_txn(self, batch: list[tuple[Beat, Put]]) -> BaseException | None:
+    def _try_txn(self, batch: list[Item]) -> BaseException | None:
         try:
-            self.store.txn([], [p for _, p in batch])
+            self.store.txn([], [p for _, puts, _ in batch for p in puts])
         except StoreError as exc:
             return exc
         return None
 
-    def _write_each(
-        self, batch: list[tuple[Beat, Put]]
-    ) -> tuple[list[Beat], list[Beat], StoreError | None]:
+    def _write_each(self, batch: list[Item]) -> tuple[list[Beat], list[Beat], StoreError | None]:
         """A batch failed on a lease etcd just forgot: find it, replace it, write each."""
         written: list[Beat] = []
         failed: list[Beat] = []
         error: StoreError | None = None
-        for b, put in batch:
+        for b, puts, reserve in batch:
             s = b[0]
             try:
                 try:
-                    self.store.txn([], [put])
+                    self.store.txn([], puts)
                 except LeaseNotFound:
                     self._lost([s])
                     s.lease = self.store.grant(self.settings.ttl)
                     s.adopted = False
                     self.metrics.leases_granted.inc()
-                    self.store.txn([], [Put(put.key, put.value, s.lease)])
+                    record_put = puts[0]
+                    self.store.txn([], [Put(record_put.key, record_put.value, s.lease),
+                                        *puts[1:]])
+                s.reserved(reserve)
                 written.append(b)
             except StoreError as exc:
                 failed.append(b)
@@ -382,7 +498,19 @@ class Heartbeat:
         for s, scheduled, a in written:
             scheduled = self._late.pop(s.namespace, scheduled)
             lags.append(done - scheduled)
-            self.schedule.at(s.namespace, next_beat(scheduled, done, interval, random.random()))
+            if s.respread:
+                # Adopted: it beat at once, with every other adopted lease. Its next beat
+                # goes to a random point of the coming interval, or they would all beat
+                # in lockstep forever (one huge round per interval).
+                s.respread = False
+                self.schedule.at(s.namespace, done + interval * random.random())
+            else:
+                self.schedule.at(s.namespace,
+                                 next_beat(scheduled, done, interval, random.random()))
+            if s.retiring is not None:  # the key is on the new lease now
+                lease, ttl = s.retiring
+                s.retiring = None
+                self._revokes.append((lease, done + ttl, 0.0))
             if a.status != s.status:
                 if s.status is not None or a.status != HEALTHY:
                     self.log.info("status changed", namespace=s.namespace, status=a.status,
@@ -427,6 +555,7 @@ class Heartbeat:
         deadline = self.clock() + self.settings.shutdown_timeout
         self._probe_pool.shutdown(wait=False, cancel_futures=True)
         leases = [s.lease for s in self.sessions.values() if s.lease]
+        leases += [s.retiring[0] for s in self.sessions.values() if s.retiring is not None]
         if self.settings.revoke_on_exit:
             leases += [lease for lease, _, _ in self._revokes]
             futures = [self._lease_pool.submit(self.store.revoke, lease) for lease in leases]
@@ -447,5 +576,7 @@ class Heartbeat:
             self.log.info(
                 "leaving leases in place for a successor: health keys stay for one TTL",
                 leases=len(leases), refreshed=refreshed, ttl=self.settings.ttl)
+        saved = self._save_counts(self.sessions.values(), deadline)
+        self.log.info("stored the exact heartbeat counts for the next start", stored=saved)
         self._lease_pool.shutdown(wait=False, cancel_futures=True)
         self._io_pool.shutdown(wait=False, cancel_futures=True)

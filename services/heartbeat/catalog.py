@@ -2,7 +2,9 @@
 
 The set is every namespace under ``/chora/capabilities/`` whose ``type`` key is
 ``service``; its probe comes from the ``manifest`` key the sync writes. Existing
-``health`` keys give adoption hints: the lease and count a previous daemon left behind.
+``health`` keys give adoption hints: the lease and count a previous daemon left behind;
+``/chora/heartbeat/counts/{ns}`` keys give the count reserved for each service, which
+outlives the health key (an expiry, a crash, a service leaving and rejoining).
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from services.heartbeat.states import parse_record
 
 @dataclass(frozen=True, slots=True)
 class Adoption:
-    """What a previous daemon left on a health key: reuse the lease, continue the count."""
+    """What a previous daemon left behind: reuse the lease on the health key, continue
+    the count from above both the key's count and the reserved one (``reserved``, from
+    the counts key: every count ever written is at most that)."""
 
     lease: int
     count: int
     status: str | None
+    reserved: int = 0
 
 
 @dataclass
@@ -76,9 +81,29 @@ def _check(value: bytes | None) -> Check:
         return NO_CHECK
 
 
-def adoptions(health: Iterable[tuple[str, bytes, int]]) -> dict[str, Adoption]:
-    """``(key, value, lease)`` of stored keys → adoption hints per namespace."""
-    out: dict[str, Adoption] = {}
+def reserved_counts(counts: Iterable[tuple[str, bytes]]) -> dict[str, int]:
+    """``(key, value)`` of ``/chora/heartbeat/counts/{ns}`` keys → reserved count per
+    namespace; a value that is not a non-negative integer counts as nothing reserved."""
+    out: dict[str, int] = {}
+    for key, value in counts:
+        namespace = key.removeprefix(keys.HEARTBEAT_COUNTS)
+        if namespace == key or not namespace:
+            continue
+        try:
+            out[namespace] = max(0, int(value))
+        except ValueError:
+            continue
+    return out
+
+
+def adoptions(
+    health: Iterable[tuple[str, bytes, int]], reserved: Mapping[str, int] | None = None
+) -> dict[str, Adoption]:
+    """``(key, value, lease)`` of stored keys (and the reserved counts) → adoption hints
+    per namespace; a namespace with a reserved count but no health key gets a hint
+    without a lease, so its count still continues."""
+    reserved = reserved or {}
+    out = {ns: Adoption(0, 0, None, n) for ns, n in reserved.items()}
     for key, value, lease in health:
         parts = keys.split(key)
         if parts is None or parts[1] != keys.HEALTH:
@@ -90,6 +115,7 @@ def adoptions(health: Iterable[tuple[str, bytes, int]]) -> dict[str, Adoption]:
             lease=lease,
             count=count if isinstance(count, int) and not isinstance(count, bool) else 0,
             status=status if isinstance(status, str) else None,
+            reserved=reserved.get(parts[0], 0),
         )
     return out
 

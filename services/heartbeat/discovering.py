@@ -16,17 +16,21 @@ from pathlib import Path
 from services.core import keys, manifests
 from services.core.retry import Backoff
 from services.core.store import Compacted, Store, StoreError
-from services.heartbeat.catalog import Adoption, Mirror, adoptions
+from services.heartbeat.catalog import Adoption, Mirror, adoptions, reserved_counts
 from services.heartbeat.checks import Check, check_from_document
 
 Update = Callable[[Mapping[str, Check], Mapping[str, Adoption]], None]
 
 
 def read_health(store: Store) -> tuple[dict[str, bytes], dict[str, Adoption], int]:
-    """Every capability key (value) and the adoption hints, at one revision."""
+    """Every capability key (value) at one revision, and the adoption hints: the health
+    keys plus the reserved counts (one more prefix read, not one read per service).
+    The revision is the capabilities' (the watch goes on from there)."""
     kvs, revision = store.get_prefix(keys.CAPABILITIES)
+    counts, _ = store.get_prefix(keys.HEARTBEAT_COUNTS)
     values = {k: kv.value for k, kv in kvs.items()}
-    hints = adoptions((k, kv.value, kv.lease) for k, kv in kvs.items())
+    reserved = reserved_counts((k, kv.value) for k, kv in counts.items())
+    hints = adoptions(((k, kv.value, kv.lease) for k, kv in kvs.items()), reserved)
     return values, hints, revision
 
 

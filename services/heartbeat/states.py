@@ -39,15 +39,25 @@ Health states (key /chora/capabilities/{ns}/health, attached to the service's ow
   heartbeat_count continues.
 
 Every record: {"status", "timestamp" (ISO-8601 UTC, ends in Z), "namespace",
-"heartbeat_count" (strictly increasing, continues across daemon restarts), "check"
-("none" | "http" | "tcp"), "ttl", "interval"}; "reason" and "failing_since" when not
-healthy.
+"heartbeat_count", "check" ("none" | "http" | "tcp"), "ttl", "interval"}; "reason"
+and "failing_since" when not healthy.
+
+heartbeat_count strictly increases and never repeats, across daemon restarts (crashes
+included), a key that expired meanwhile, and a service leaving the set and rejoining.
+It lives on in /chora/heartbeat/counts/{ns} (no lease; never deleted by the daemon):
+each beat that passes the count stored there raises it 100 ahead, in the same txn as
+the record; a clean stop and a service leaving store the exact count. So after a clean
+stop the count continues exactly; after a crash (kill -9) it may jump by up to 100.
 
 Stopping: SIGTERM/SIGINT refresh every lease one last time and exit WITHOUT revoking
 them: the keys stay for one TTL, and a daemon started within that TTL adopts the
 leases found on the health keys and continues each heartbeat_count (restart without a
-blink). With --revoke-on-exit the daemon revokes every lease instead, so all health
-keys vanish at once (decommissioning).
+blink). After a crash (kill -9) too, as long as the leases have not run out: a new
+daemon refreshes every adopted lease in its first round, whatever time it had left.
+An adopted lease granted with a TTL other than --ttl is replaced by a new one with
+--ttl (the key moves to it without a gap, the old lease is revoked). With
+--revoke-on-exit the daemon revokes every lease instead, so all health keys vanish
+at once (decommissioning).
 """
 
 

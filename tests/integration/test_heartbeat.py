@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from services.core import keys
 from services.core.localcluster import LocalCluster
 from services.core.store import Delete, Put, Store, StoreError
 from services.heartbeat.daemon import Daemon
+from services.heartbeat.sessions import COUNT_BLOCK
 from services.heartbeat.settings import Settings
 from tests.conftest import wait_for
 
@@ -170,6 +172,36 @@ def daemon_process(endpoints: list[str], *extra: str, log: Path) -> subprocess.P
 def terminate(proc: subprocess.Popen[bytes]) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(15)
+
+
+def last_health_write(store: Store) -> int:
+    """The revision of the latest write to a health key: a revision the capability
+    prefix's history certainly reaches."""
+    kvs, _ = store.get_prefix(keys.CAPABILITIES)
+    return max(kv.mod_revision for k, kv in kvs.items() if k.endswith("/" + keys.HEALTH))
+
+
+def health_deletions(store: Store, start: int, end: int) -> list[str]:
+    """Replay etcd's history of the capability prefix from revision ``start`` through
+    ``end``: the health keys deleted (expired or revoked) in between. A replay, not a
+    live watch, so nothing depends on when a watch was opened."""
+    deleted: list[str] = []
+    watch = store.watch_prefix(keys.CAPABILITIES, start)
+    timer = threading.Timer(15, watch.cancel)
+    timer.start()
+    try:
+        for events in watch:
+            for e in events:
+                if e.kv.mod_revision > end:
+                    return deleted
+                if e.kind == "delete" and e.kv.key.endswith("/" + keys.HEALTH):
+                    deleted.append(e.kv.key)
+            if events[-1].kv.mod_revision >= end:
+                return deleted
+    finally:
+        timer.cancel()
+        watch.cancel()
+    raise AssertionError(f"history replay did not reach revision {end} within 15 s")
 
 
 # -- the service set ----------------------------------------------------------------------
@@ -320,6 +352,110 @@ def test_restart_without_a_blink_keeps_the_key_and_continues_the_count(store, et
     finally:
         if first.poll() is None:
             first.kill()
+
+
+def test_a_restart_after_kill_9_refreshes_every_adopted_lease_before_it_runs_out(
+    store, etcd, tmp_path
+):
+    """The fault probe's case, scaled down: 12 services, kill -9 in the middle of an
+    interval, a new daemon 4 s into a 10 s TTL. The services that had not beaten yet in
+    the killed daemon's last interval hold leases refreshed almost a whole interval
+    before the kill (~6 s left at the kill, ~2 s at the restart); spread over an interval
+    in namespace order, their first refresh came 3 s after the restart, too late."""
+    services = [f"crash.s{i:02d}" for i in range(12)]
+    for ns in services:
+        publish(store, ns)
+    first = daemon_process(etcd.endpoints, "--ttl", "10", "--interval", "4",
+                           log=tmp_path / "first.log")
+    try:
+        wait_for(lambda: all(count(store, ns) >= 1 for ns in services), 20,
+                 what="first daemon beating every service")
+        start = store.revision()
+        # Its second interval, two thirds through: s00..s08 beat again, s09..s11 not yet.
+        wait_for(lambda: count(store, services[8]) >= 2, 10, interval=0.02,
+                 what="s08's second beat")
+        first.kill()  # SIGKILL: no final refresh, no cleanup
+        first.wait(10)
+        killed = time.monotonic()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    left = {ns: count(store, ns) for ns in services}
+    assert min(left.values()) >= 1
+    time.sleep(max(0.0, killed + 4.0 - time.monotonic()))  # the downtime under test
+    with running(etcd.endpoints, ttl=10, interval=4.0):
+        wait_for(lambda: all(count(store, ns) > left[ns] for ns in services), 15,
+                 what="the new daemon writing every key")
+        end = last_health_write(store)
+    assert health_deletions(store, start, end) == []
+
+
+def test_a_restart_with_another_ttl_moves_every_key_to_a_lease_with_that_ttl(store, etcd):
+    services = [f"ttl.s{i}" for i in range(3)]
+    for ns in services:
+        publish(store, ns)
+    with running(etcd.endpoints, ttl=30, interval=2.0):
+        wait_for(lambda: all(count(store, ns) >= 1 for ns in services), 10,
+                 what="first daemon beating")
+        start = store.revision()
+    old = {ns: health(store, ns)["_lease"] for ns in services}
+    with running(etcd.endpoints, ttl=3, interval=1.0):
+        wait_for(lambda: all(health(store, ns)["_lease"] != old[ns] for ns in services), 5,
+                 what="every key on a new lease")
+        for ns in services:
+            assert 0 < store.lease_ttl(health(store, ns)["_lease"]) <= 3
+            assert health(store, ns)["ttl"] == 3
+        wait_for(lambda: all(store.lease_ttl(lease) == -1 for lease in old.values()), 5,
+                 what="the adopted 30 s leases revoked")
+        end = last_health_write(store)
+    assert health_deletions(store, start, end) == []
+
+
+def test_the_count_continues_after_a_crash_even_when_the_key_expired_meanwhile(
+    store, etcd, tmp_path
+):
+    publish(store, "count.crash")
+    first = daemon_process(etcd.endpoints, "--ttl", "3", "--interval", "1",
+                           log=tmp_path / "first.log")
+    try:
+        wait_for(lambda: count(store, "count.crash") >= 3, 15, what="first daemon beating")
+        first.kill()
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    last = count(store, "count.crash")
+    wait_for(lambda: health(store, "count.crash") is None, 10, what="the key expiring")
+    with running(etcd.endpoints):
+        again = wait_for(lambda: count(store, "count.crash") > 0 and count(store, "count.crash"),
+                         10, what="the new daemon's first beat")
+    assert last < again <= last + 1 + COUNT_BLOCK  # never repeats; jumps at most a block
+
+
+def test_the_count_continues_exactly_after_a_clean_stop_even_when_the_key_expired(store, etcd):
+    publish(store, "count.stop")
+    with running(etcd.endpoints):
+        wait_for(lambda: count(store, "count.stop") >= 3, 10, what="first daemon beating")
+    last = count(store, "count.stop")
+    wait_for(lambda: health(store, "count.stop") is None, 10, what="the key expiring")
+    with running(etcd.endpoints):
+        again = wait_for(lambda: count(store, "count.stop") > 0 and count(store, "count.stop"),
+                         10, what="the new daemon's first beat")
+    assert again == last + 1
+
+
+def test_a_service_that_leaves_and_rejoins_continues_its_count(store, etcd):
+    publish(store, "count.rejoin")
+    with running(etcd.endpoints):
+        wait_for(lambda: count(store, "count.rejoin") >= 3, 10, what="beating")
+        publish(store, "count.rejoin", "pattern")
+        wait_for(lambda: health(store, "count.rejoin") is None, 5, what="its lease revoked")
+        kept = store.get(keys.heartbeat_count("count.rejoin"))
+        assert kept is not None and kept.lease == 0, "the count outlives the health key"
+        publish(store, "count.rejoin")
+        again = wait_for(lambda: count(store, "count.rejoin") > 0 and count(store, "count.rejoin"),
+                         5, what="its key back")
+    assert again == int(kept.value) + 1
 
 
 def test_revoke_on_exit_removes_every_health_key_at_once(store, etcd, tmp_path):

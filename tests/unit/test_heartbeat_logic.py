@@ -19,7 +19,7 @@ from services.heartbeat.checks import (
 )
 from services.heartbeat.cli import build_parser, settings_from
 from services.heartbeat.schedule import Schedule, next_beat
-from services.heartbeat.sessions import Session
+from services.heartbeat.sessions import COUNT_BLOCK, Session
 from services.heartbeat.states import (
     DOWN,
     HEALTHY,
@@ -161,3 +161,11 @@ def test_help_documents_every_health_state_and_both_exit_modes():
     assert STATES.splitlines()[0] in text
     for word in ("healthy", "unhealthy", "unknown", "down", "--revoke-on-exit", "adopts"):
         assert word in text
+
+
+def test_help_says_where_the_count_lives_and_what_restarts_after_a_crash_or_ttl_change_do():
+    text = build_parser().format_help()
+    for phrase in ("/chora/heartbeat/counts/{ns}", "never repeats", "kill -9",
+                   "whatever time it had left", "TTL other than --ttl",
+                   f"raises it {COUNT_BLOCK} ahead", f"jump by up to {COUNT_BLOCK}"):
+        assert phrase in text
