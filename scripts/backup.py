@@ -35,9 +35,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.core import topology
+from services.core import admin, topology
+from services.core.errors import StoreError
 from services.core.localcluster import etcd_binary
-from services.core.store import Store, StoreError, parse_endpoints
+from services.core.store import Store, parse_endpoints
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
@@ -74,8 +75,8 @@ def save(endpoints: list[str], out: Path, timeout: float = 5.0) -> dict[str, obj
     for endpoint in endpoints:
         try:
             with Store([endpoint], timeout=timeout) as one:
-                one.member_status()  # fail fast on a dead member before streaming
-                one.snapshot(str(partial))
+                admin.member_status(one)  # fail fast on a dead member before streaming
+                admin.snapshot(one, str(partial))
         except (StoreError, OSError) as exc:
             errors.append(f"{endpoint}: {exc}")
             partial.unlink(missing_ok=True)

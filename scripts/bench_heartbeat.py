@@ -39,8 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from services.core import keys  # noqa: E402
+from services.core.kv import MAX_TXN_OPS, Delete, Put  # noqa: E402
 from services.core.localcluster import LocalCluster, etcd_binary, free_ports  # noqa: E402
-from services.core.store import MAX_TXN_OPS, Delete, Put, Store  # noqa: E402
+from services.core.store import Store  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

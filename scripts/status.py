@@ -18,8 +18,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.core import keys, topology
-from services.core.store import NoSpace, Store, StoreError, parse_endpoints
+from services.core import admin, keys, topology
+from services.core.errors import NoSpace, StoreError
+from services.core.store import Store, parse_endpoints
 
 EXIT_OK, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _member(endpoint: str, timeout: float) -> dict[str, Any]:
     try:
         with Store([endpoint], timeout=timeout) as one:
-            status = one.member_status()
+            status = admin.member_status(one)
     except (StoreError, OSError, ValueError) as exc:
         return {"endpoint": endpoint, "healthy": False, "error": str(exc)}
     return {"endpoint": endpoint, "healthy": True, **status}
@@ -57,7 +58,7 @@ def collect(endpoints: list[str], timeout: float = 2.0) -> dict[str, Any]:
     members = [_member(e, timeout) for e in endpoints]
     with Store(endpoints, timeout=timeout) as store:
         try:
-            names = {m["id"]: m["name"] for m in store.members()}
+            names = {m["id"]: m["name"] for m in admin.members(store)}
         except StoreError:
             if not any(m["healthy"] for m in members):
                 raise

@@ -25,8 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from services.core import keys, topology
-from services.core.store import Store, StoreError, parse_endpoints
+from services.core import admin, keys, topology
+from services.core.errors import StoreError
+from services.core.store import Store, parse_endpoints
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
 RULE = "=" * 64
@@ -73,14 +74,14 @@ def _poll(read: Callable[[], object], seconds: float, interval: float = 0.25) ->
 
 
 def check_cluster_health(store: Store, endpoints: list[str], timeout: float) -> str:
-    members = store.members()
+    members = admin.members(store)
     if len(members) != len(endpoints):
         raise CheckFailed(f"cluster lists {len(members)} members, expected {len(endpoints)}")
     unhealthy, leaders, leader_ids = [], [], set()
     for endpoint in endpoints:
         try:
             with Store([endpoint], timeout=timeout) as one:
-                status = one.member_status()
+                status = admin.member_status(one)
                 one.revision()  # a linearizable read through this member: it has quorum
         except StoreError as exc:
             unhealthy.append(f"{endpoint} ({exc})")

@@ -14,9 +14,9 @@ generated stubs and adds what production needs:
 - one keep-alive stream for a whole batch of leases (``refresh_leases``);
 - watches as plain iterators that raise on failure, for the caller to re-create.
 
-Errors callers handle: ``Unavailable`` (transient: back off, retry; ``NoSpace`` is the
-one whose cure is an operator's: it says how), ``Compacted``
-(re-read, then watch again), ``LeaseNotFound``.
+The data it takes and gives is in ``kv.py``, its errors in ``errors.py`` (sorted into
+transient and terminal), the hand-written protobuf in ``wire.py``; calls only scripts
+make (members, status, snapshot) in ``admin.py``.
 """
 
 from __future__ import annotations
@@ -25,17 +25,31 @@ import json
 import queue
 import socket
 import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 import etcd3
 import grpc
-import tenacity
 from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
 
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
-MAX_REQUEST_BYTES = 1_400_000  # etcd's default --max-request-bytes is 1.5 MiB; keep headroom
+from services.core.backoff import Backoff
+from services.core.errors import (
+    Compacted,
+    LeaseNotFound,
+    NoSpace,
+    StoreError,
+    TooLarge,
+    Unavailable,
+)
+from services.core.kv import MAX_REQUEST_BYTES, MAX_TXN_OPS, Event, KeyValue, Op, Unchanged
+from services.core.wire import (
+    decode_keepalive,
+    decode_range_response,
+    decode_txn_response,
+    encode_keepalive,
+    encode_txn,
+)
 
 _TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
@@ -46,85 +60,7 @@ _TRANSIENT = {
     grpc.StatusCode.INTERNAL,
 }
 
-
-class StoreError(Exception):
-    """Base of the errors this adapter raises."""
-
-
-class Unavailable(StoreError):
-    """No member answered in time, or the cluster has no quorum. Transient."""
-
-
-class NoSpace(Unavailable):
-    """etcd's NOSPACE alarm is raised: the database reached its quota and every write is
-    refused until an operator frees space and disarms the alarm. Transient for a daemon
-    (it keeps retrying), but it names the cause and the cure instead of "unreachable"."""
-
-    HOW_TO_CLEAR = (
-        "etcd NOSPACE alarm: the database reached --quota-backend-bytes and etcd refuses "
-        "writes. Free space, then disarm: etcdctl compact <current revision>; etcdctl "
-        "defrag --cluster; etcdctl alarm disarm (see infrastructure/etcd/README.md)"
-    )
-
-    def __init__(self, detail: str = "") -> None:
-        super().__init__(f"{self.HOW_TO_CLEAR} [{detail}]" if detail else self.HOW_TO_CLEAR)
-
-
-class Compacted(StoreError):
-    """The watch's start revision was compacted away; re-read at ``revision``."""
-
-    def __init__(self, revision: int) -> None:
-        super().__init__(f"revision compacted; oldest available is {revision}")
-        self.revision = revision
-
-
-class LeaseNotFound(StoreError):
-    """etcd no longer knows the lease (expired, revoked, or restored from a snapshot)."""
-
-
-class TooLarge(StoreError):
-    """A request would exceed etcd's request size or operation count limits."""
-
-
-@dataclass(frozen=True, slots=True)
-class KeyValue:
-    key: str
-    value: bytes
-    mod_revision: int
-    create_revision: int
-    lease: int
-
-
-@dataclass(frozen=True, slots=True)
-class Put:
-    key: str
-    value: bytes
-    lease: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Delete:
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class Unchanged:
-    """Guard: the key's mod revision is still ``mod_revision`` (0: it does not exist)."""
-
-    key: str
-    mod_revision: int
-
-
-Op = Put | Delete
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    kind: str  # "put" | "delete"
-    kv: KeyValue
-
-
-def _error(exc: grpc.RpcError) -> StoreError:
+def translate_error(exc: grpc.RpcError) -> StoreError:
     code = exc.code()
     detail = exc.details() or ""
     if code == grpc.StatusCode.NOT_FOUND and "lease" in detail:
@@ -150,129 +86,6 @@ def _prefix_end(prefix: bytes) -> bytes:
             return bytes(end[: i + 1])
     return b"\0"
 
-
-# -- Txn on the wire -----------------------------------------------------------------------
-# The only protobuf for Python 3.11 that etcd3 0.12.0 imports with (3.20.x) is the pure-
-# Python one: building and parsing a 128-operation TxnRequest message by message cost
-# 3x the CPU etcd itself spent applying it (measured: scripts/bench_sync.py). Txn is the
-# sync's hot path, so its request is encoded here directly and its response decoded down
-# to the two fields we read. tests/unit/test_store_wire.py checks both against the
-# generated classes.
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    n &= (1 << 64) - 1  # int64 two's complement, as protobuf encodes negatives
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _int_field(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
-
-
-def encode_txn(guards: list[Unchanged], ops: list[Op]) -> bytes:
-    """TxnRequest{compare: [mod_revision(key) == n], success: [put | delete_range]}."""
-    parts = []
-    for g in guards:  # Compare{result=EQUAL(0), target=MOD(2), key, mod_revision}
-        parts.append(_field(1, _int_field(2, 2) + _field(3, g.key.encode())
-                            + _int_field(6, g.mod_revision)))
-    for op in ops:
-        if isinstance(op, Put):
-            body = _field(1, op.key.encode()) + _field(2, op.value)
-            if op.lease:
-                body += _int_field(3, op.lease)
-            parts.append(_field(2, _field(2, body)))  # RequestOp{request_put}
-        else:
-            parts.append(_field(2, _field(3, _field(1, op.key.encode()))))  # delete_range
-    return b"".join(parts)
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def decode_txn_response(buf: bytes) -> tuple[bool, int]:
-    """(succeeded, header.revision) from a TxnResponse, skipping the per-op responses."""
-    pos, succeeded, revision = 0, False, 0
-    while pos < len(buf):
-        tag, pos = _read_varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _read_varint(buf, pos)
-            if number == 2:
-                succeeded = bool(value)
-        elif wire == 2:
-            length, pos = _read_varint(buf, pos)
-            if number == 1:  # ResponseHeader{cluster_id=1, member_id=2, revision=3, ...}
-                hpos, end = pos, pos + length
-                while hpos < end:
-                    htag, hpos = _read_varint(buf, hpos)
-                    hvalue, hpos = _read_varint(buf, hpos)
-                    if htag >> 3 == 3:
-                        revision = hvalue
-            pos += length
-        else:
-            raise StoreError(f"unexpected wire type {wire} in TxnResponse")
-    return succeeded, revision
-
-
-def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(field number, value or start offset, end offset) for each field in buf[pos:end]."""
-    while pos < end:
-        tag, pos = _read_varint(buf, pos)
-        if tag & 7 == 0:
-            value, pos = _read_varint(buf, pos)
-            yield tag >> 3, value, pos
-        elif tag & 7 == 2:
-            length, pos = _read_varint(buf, pos)
-            yield tag >> 3, pos, pos + length
-            pos += length
-        else:
-            raise StoreError(f"unexpected wire type {tag & 7} in RangeResponse")
-
-
-def decode_range_response(buf: bytes) -> tuple[list[KeyValue], bool, int]:
-    """(kvs, more, header.revision) from a RangeResponse: pure-Python protobuf took
-    ~0.1 ms per key, which made reading 60,000 keys the slowest part of a reconcile."""
-    kvs, more, revision = [], False, 0
-    for number, a, b in _fields(buf, 0, len(buf)):
-        if number == 2:
-            key = value = b""
-            create = mod = lease = 0
-            for n, x, y in _fields(buf, a, b):
-                if n == 1:
-                    key = buf[x:y]
-                elif n == 5:
-                    value = buf[x:y]
-                elif n == 2:
-                    create = x
-                elif n == 3:
-                    mod = x
-                elif n == 6:
-                    lease = x
-            kvs.append(KeyValue(key.decode(), value, mod, create, lease))
-        elif number == 3:
-            more = bool(a)
-        elif number == 1:
-            for n, x, _ in _fields(buf, a, b):
-                if n == 3:
-                    revision = x
-    return kvs, more, revision
 
 
 def _resolve(endpoint: str) -> str:
@@ -345,8 +158,8 @@ class Store:
             request_serializer=etcdrpc.RangeRequest.SerializeToString,
             response_deserializer=decode_range_response,
         )
-        self._maintenance = self._client.maintenancestub
-        self._cluster = self._client.clusterstub
+        self.maintenance = self._client.maintenancestub
+        self.cluster = self._client.clusterstub
         # Reads are safe to repeat on another member; try each member once.
         self._read_attempts = max(2, len(self.endpoints))
 
@@ -361,25 +174,24 @@ class Store:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def _read(self, call: object, request: object) -> object:
+    def _read(self, call: Callable[..., object], request: object) -> object:
         """Reads are safe to repeat, so a transient error is retried (round robin moves on
         to the next member) with short jittered pauses: at least once per member, and
         for one ``timeout`` in all, since an election ("leader changed") lasts about one
         election timeout."""
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(Unavailable),
-            stop=tenacity.stop_after_attempt(self._read_attempts)
-            & tenacity.stop_after_delay(self.timeout),
-            wait=tenacity.wait_random_exponential(multiplier=0.05, max=0.5),
-            reraise=True,
-        )
-        for attempt in retrying:
-            with attempt:
-                try:
-                    return call(request, self.timeout)  # type: ignore[operator]
-                except grpc.RpcError as exc:
-                    raise _error(exc) from exc
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+        start, attempts = time.monotonic(), 0
+        backoff = Backoff(initial=0.05, cap=0.5)
+        while True:
+            try:
+                return call(request, self.timeout)
+            except grpc.RpcError as exc:
+                error = translate_error(exc)
+                attempts += 1
+                spent = time.monotonic() - start
+                if not error.transient or (attempts >= self._read_attempts
+                                           and spent >= self.timeout):
+                    raise error from exc
+            time.sleep(backoff.next())
 
     def get(self, key: str) -> KeyValue | None:
         resp = self._read(self._kv.Range, etcdrpc.RangeRequest(key=key.encode()))
@@ -426,7 +238,7 @@ class Store:
         try:
             return self._txn(request, self.timeout)
         except grpc.RpcError as exc:
-            raise _error(exc) from exc
+            raise translate_error(exc) from exc
 
     # -- leases --------------------------------------------------------------------------
 
@@ -434,7 +246,7 @@ class Store:
         try:
             resp = self._lease.LeaseGrant(etcdrpc.LeaseGrantRequest(TTL=ttl), self.timeout)
         except grpc.RpcError as exc:
-            raise _error(exc) from exc
+            raise translate_error(exc) from exc
         return resp.ID
 
     def revoke(self, lease_id: int) -> None:
@@ -442,7 +254,7 @@ class Store:
         try:
             self._lease.LeaseRevoke(etcdrpc.LeaseRevokeRequest(ID=lease_id), self.timeout)
         except grpc.RpcError as exc:
-            err = _error(exc)
+            err = translate_error(exc)
             if not isinstance(err, LeaseNotFound):
                 raise err from exc
 
@@ -460,21 +272,16 @@ class Store:
         ids = list(dict.fromkeys(lease_ids))
         if not ids:
             return {}
-        call = self._keepalive(iter([_int_field(1, i) for i in ids]), timeout=self.timeout)
+        call = self._keepalive(iter([encode_keepalive(i) for i in ids]), timeout=self.timeout)
         out: dict[int, int] = {}
         try:
             for resp in call:
-                lease_id = ttl = 0
-                for number, value, _ in _fields(resp, 0, len(resp)):
-                    if number == 2:
-                        lease_id = value - (1 << 64) if value >= 1 << 63 else value
-                    elif number == 3:
-                        ttl = value - (1 << 64) if value >= 1 << 63 else value
+                lease_id, ttl = decode_keepalive(resp)
                 out[lease_id] = ttl
                 if len(out) >= len(ids):
                     break
         except grpc.RpcError as exc:
-            raise _error(exc) from exc
+            raise translate_error(exc) from exc
         finally:
             call.cancel()
         return out
@@ -484,51 +291,24 @@ class Store:
     def watch_prefix(self, prefix: str, start_revision: int) -> Watch:
         return Watch(self, prefix, start_revision)
 
-    # -- cluster -------------------------------------------------------------------------
-
-    def members(self) -> list[dict[str, object]]:
-        try:
-            resp = self._cluster.MemberList(etcdrpc.MemberListRequest(), self.timeout)
-        except grpc.RpcError as exc:
-            raise _error(exc) from exc
-        return [
-            {"id": m.ID, "name": m.name, "client_urls": list(m.clientURLs),
-             "peer_urls": list(m.peerURLs)}
-            for m in resp.members
-        ]
-
-    def member_status(self) -> dict[str, object]:
-        """Status of whichever member this channel reaches; use a one-endpoint Store."""
-        try:
-            resp = self._maintenance.Status(etcdrpc.StatusRequest(), self.timeout)
-        except grpc.RpcError as exc:
-            raise _error(exc) from exc
-        return {
-            "member_id": resp.header.member_id,
-            "leader": resp.leader,
-            "is_leader": resp.leader == resp.header.member_id,
-            "version": resp.version,
-            "db_size": resp.dbSize,
-            "raft_term": resp.raftTerm,
-            "revision": resp.header.revision,
-        }
+    # -- maintenance ---------------------------------------------------------------------
 
     def alarms(self) -> list[str]:
         """Alarms raised in the cluster, e.g. ``["NOSPACE"]``. The request goes through
         raft, so an answer also proves that a quorum is there."""
         request = etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.GET)
-        resp = self._read(self._maintenance.Alarm, request)
+        resp = self._read(self.maintenance.Alarm, request)
         names = {a.alarm for a in resp.alarms}  # type: ignore[attr-defined]
         return sorted(etcdrpc.AlarmType.Name(n) for n in names if n)
 
-    def snapshot(self, path: str) -> None:
-        """Stream a snapshot of the reached member's database into ``path``."""
+    def call(self, method: Callable[..., object], request: object,
+             timeout: float | None = None) -> object:
+        """One unary call of a generated stub method, its error translated: for
+        ``admin.py``, whose calls only scripts make."""
         try:
-            with open(path, "wb") as out:
-                for chunk in self._maintenance.Snapshot(etcdrpc.SnapshotRequest(), 120):
-                    out.write(chunk.blob)
+            return method(request, timeout or self.timeout)
         except grpc.RpcError as exc:
-            raise _error(exc) from exc
+            raise translate_error(exc) from exc
 
 
 class Watch:
@@ -575,6 +355,6 @@ class Watch:
         except grpc.RpcError as exc:
             if self._cancelled.is_set():
                 return
-            raise _error(exc) from exc
+            raise translate_error(exc) from exc
         if not self._cancelled.is_set():
             raise Unavailable("watch stream ended")

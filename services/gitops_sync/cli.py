@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from services.core import logs, topology
+from services.core.errors import NoSpace, StoreError, Unavailable
 from services.core.metrics import MetricsServer
-from services.core.store import NoSpace, Store, StoreError, Unavailable
+from services.core.store import Store
 from services.gitops_sync.plan import Policy
 from services.gitops_sync.reconciling import Reconciler
 from services.gitops_sync.running import Health, run

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.core import keys, logs
-from services.core.retry import Backoff
-from services.core.store import Compacted, Store, StoreError, Watch
+from services.core.backoff import Backoff
+from services.core.errors import Compacted, StoreError
+from services.core.store import Store, Watch
 
 log = logs.get("gitops_sync")
 

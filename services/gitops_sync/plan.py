@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from services.core import keys
-from services.core.store import Delete, KeyValue, Op, Put, Unchanged
+from services.core.kv import Delete, KeyValue, Op, Put, Unchanged
 from services.gitops_sync.projection import Desired
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from services.core import keys
+from services.core.kv import MAX_REQUEST_BYTES
 from services.core.manifests import Capability, ManifestError
-from services.core.store import MAX_REQUEST_BYTES
 
 Desired = dict[str, bytes]  # key → value, for one capability
 

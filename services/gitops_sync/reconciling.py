@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.core import keys, logs
+from services.core.kv import MAX_REQUEST_BYTES, MAX_TXN_OPS, Delete, Put, Unchanged
 from services.core.manifests import ManifestError
-from services.core.store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Delete, Put, Store, Unchanged
+from services.core.store import Store
 from services.gitops_sync import telemetry
 from services.gitops_sync.plan import (
     Actual,

@@ -20,8 +20,8 @@ from functools import partial
 from pathlib import Path
 
 from services.core import keys, logs
-from services.core.retry import Backoff
-from services.core.store import NoSpace, StoreError, Unavailable
+from services.core.backoff import Backoff
+from services.core.errors import NoSpace, StoreError, Unavailable
 from services.gitops_sync import telemetry
 from services.gitops_sync.drifting import Drifted, DriftWatch
 from services.gitops_sync.reconciling import Outcome, Reconciler

@@ -21,8 +21,10 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from services.core import keys
-from services.core.retry import Backoff
-from services.core.store import MAX_TXN_OPS, LeaseNotFound, Put, Store, StoreError
+from services.core.backoff import Backoff
+from services.core.errors import LeaseNotFound, StoreError
+from services.core.kv import MAX_TXN_OPS, Put
+from services.core.store import Store
 from services.heartbeat.catalog import Adoption, diff
 from services.heartbeat.checks import NONE, Check, ProbeResult, run_probe
 from services.heartbeat.instruments import Instruments

@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from services.core import keys, manifests
-from services.core.retry import Backoff
-from services.core.store import Compacted, Store, StoreError
+from services.core.backoff import Backoff
+from services.core.errors import Compacted, StoreError
+from services.core.store import Store
 from services.heartbeat.catalog import Adoption, Mirror, adoptions, reserved_counts
 from services.heartbeat.checks import Check, check_from_document
 

@@ -11,9 +11,10 @@ import urllib.request
 
 import pytest
 
-from services.core import keys, topology
+from services.core import admin, keys, topology
+from services.core.kv import Put
 from services.core.localcluster import LocalCluster
-from services.core.store import Put, Store
+from services.core.store import Store
 from tests.conftest import wait_for
 from tests.integration.daemon_processes import (
     CAPABILITIES,
@@ -83,7 +84,7 @@ def test_a_snapshot_restored_into_a_new_cluster_brings_every_key_back(tmp_path):
     try:
         with Store(new.endpoints) as store:
             assert everything(store) == before
-            assert len(store.members()) == 3
+            assert len(admin.members(store)) == 3
             new.leader()
     finally:
         new.destroy()

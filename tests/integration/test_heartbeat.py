@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 
 from services.core import keys
+from services.core.errors import StoreError
+from services.core.kv import Delete, Put
 from services.core.localcluster import LocalCluster
-from services.core.store import Delete, Put, Store, StoreError
+from services.core.store import Store
 from services.heartbeat.daemon import Daemon
 from services.heartbeat.sessions import COUNT_BLOCK
 from services.heartbeat.settings import Settings

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from services.core import keys
+from services.core.errors import NoSpace
+from services.core.kv import Put
 from services.core.localcluster import LocalCluster, etcd_binary, free_ports
-from services.core.store import NoSpace, Put, Store
+from services.core.store import Store
 from tests.integration.daemon_processes import REPO
 
 SCRIPT = REPO / "scripts" / "status.py"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.core.store import LeaseNotFound, Put, Store, Unavailable, Unchanged
+from services.core.errors import LeaseNotFound, Unavailable
+from services.core.kv import Put, Unchanged
+from services.core.store import Store
 
 
 def test_many_leases_refresh_over_one_stream_and_an_unknown_lease_answers_ttl_0(store):

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from services.core import keys
+from services.core.kv import Put
 from services.core.localcluster import free_ports
-from services.core.store import Put
 from tests.conftest import wait_for
 from tests.integration.sync_harness import (
     SyncDaemon,

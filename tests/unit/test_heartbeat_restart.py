@@ -11,7 +11,8 @@ import threading
 from collections.abc import Iterable
 
 from services.core import keys
-from services.core.store import MAX_TXN_OPS, KeyValue, LeaseNotFound, Op, Put, Unchanged
+from services.core.errors import LeaseNotFound
+from services.core.kv import MAX_TXN_OPS, KeyValue, Op, Put, Unchanged
 from services.heartbeat.beating import Heartbeat, Item, pack
 from services.heartbeat.catalog import Adoption, adoptions, reserved_counts
 from services.heartbeat.checks import NO_CHECK

@@ -2,7 +2,7 @@
 
 import time
 
-from services.core.store import NoSpace
+from services.core.errors import NoSpace
 from services.gitops_sync.running import Health
 
 

@@ -3,7 +3,8 @@
 from etcd3 import etcdrpc
 from etcd3.etcdrpc import kv_pb2
 
-from services.core.store import Delete, Put, Unchanged, decode_txn_response, encode_txn
+from services.core.kv import Delete, Put, Unchanged
+from services.core.wire import decode_txn_response, encode_txn
 
 
 def test_the_encoded_txn_parses_back_into_the_same_request():
@@ -34,7 +35,8 @@ def test_the_response_decoder_reads_success_and_revision_and_skips_the_rest():
 
 
 def test_the_range_decoder_reads_keys_values_revisions_and_more():
-    from services.core.store import KeyValue, decode_range_response
+    from services.core.kv import KeyValue
+    from services.core.wire import decode_range_response
 
     resp = etcdrpc.RangeResponse(
         header=etcdrpc.ResponseHeader(revision=77),
@@ -50,3 +52,13 @@ def test_the_range_decoder_reads_keys_values_revisions_and_more():
     kvs, more, revision = decode_range_response(resp.SerializeToString())
     assert kvs == [KeyValue("/a", b"1", 9, 3, 0), KeyValue("/ü", b"", 4, 4, 123456789)]
     assert (more, revision) == (True, 77)
+
+
+def test_the_keepalive_codec_matches_the_generated_classes_with_negative_ttls():
+    from services.core.wire import decode_keepalive, encode_keepalive
+
+    assert etcdrpc.LeaseKeepAliveRequest.FromString(encode_keepalive(7587868)).ID == 7587868
+    for lease_id, ttl in [(123456789012345, 30), (5, 0), (6, -1)]:
+        resp = etcdrpc.LeaseKeepAliveResponse(
+            header=etcdrpc.ResponseHeader(revision=9), ID=lease_id, TTL=ttl)
+        assert decode_keepalive(resp.SerializeToString()) == (lease_id, ttl)

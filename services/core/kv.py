@@ -1,0 +1,48 @@
+"""What goes in and out of etcd, as plain data: keys read, operations to apply, guards,
+watch events, and etcd's limits. Pure: planners and tests use these without importing
+the gRPC adapter (``store.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+MAX_REQUEST_BYTES = 1_400_000  # etcd's default --max-request-bytes is 1.5 MiB; keep headroom
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """Guard: the key's mod revision is still ``mod_revision`` (0: it does not exist)."""
+
+    key: str
+    mod_revision: int
+
+
+Op = Put | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str  # "put" | "delete"
+    kv: KeyValue
+

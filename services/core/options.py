@@ -1,0 +1,85 @@
+"""Flags every program shares, with their environment defaults: one definition, so
+``--endpoints``/``ETCD_ENDPOINTS`` or ``--log-level`` mean the same in every ``--help``.
+
+The command line and the environment are read only here and in each program's
+``cli.py``; everything below them takes typed settings.
+
+>>> p = argparse.ArgumentParser()
+>>> add_etcd_flags(p); add_serve_flags(p); add_log_flags(p)
+>>> p.parse_args(["--timeout", "1.5"]).etcd_timeout
+1.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from services.core import topology
+
+T = TypeVar("T")
+
+
+def env(name: str, default: T, cast: Callable[[str], T] = str) -> T:  # type: ignore[assignment]
+    """``$name`` cast to the default's type; unset or empty gives ``default``. A value
+    that does not cast is a configuration error, said with the variable's name."""
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise SystemExit(f"error: environment variable {name}={raw!r} is not valid") from None
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def add_etcd_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--endpoints",
+        default=env("ETCD_ENDPOINTS", ",".join(topology.DEFAULT_ENDPOINTS)),
+        help="etcd members, comma-separated host:port (env ETCD_ENDPOINTS; "
+        "default %(default)s)",
+    )
+    p.add_argument(
+        "--etcd-timeout", "--timeout",
+        dest="etcd_timeout",
+        type=float,
+        default=env("ETCD_TIMEOUT", 3.0, float),
+        help="deadline of every etcd call in seconds; --timeout is the same flag "
+        "(env ETCD_TIMEOUT; default %(default)s)",
+    )
+
+
+def add_serve_flags(p: argparse.ArgumentParser, *, port: int | None = None) -> None:
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env("METRICS_PORT", port, int),
+        help="serve /metrics and /healthz on this port (env METRICS_PORT; default "
+        + ("off)" if port is None else "%(default)s)"),
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=env("METRICS_HOST", "0.0.0.0"),
+        help="address /metrics and /healthz listen on (env METRICS_HOST; default %(default)s)",
+    )
+
+
+def add_log_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        default=env("LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="(env LOG_LEVEL; default %(default)s)",
+    )
+    p.add_argument(
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON log lines (default: JSON unless stderr is a terminal)",
+    )
