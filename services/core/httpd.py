@@ -1,4 +1,5 @@
-"""``/metrics`` (Prometheus text) and ``/healthz`` on one small HTTP server.
+"""The HTTP server of every program's operations endpoints: ``/metrics`` (Prometheus text)
+and ``/healthz``.
 
 ``/healthz`` answers 200 while the daemon's own health callback says it is working
 (e.g. the last reconcile or beat round reached etcd), 503 otherwise, with the reason as
