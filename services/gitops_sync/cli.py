@@ -13,7 +13,7 @@ from pathlib import Path
 
 from services.core import logs, topology
 from services.core.errors import NoSpace, StoreError, Unavailable
-from services.core.metrics import MetricsServer
+from services.core.httpd import MetricsServer
 from services.core.store import Store
 from services.gitops_sync.plan import Policy
 from services.gitops_sync.reconciling import Reconciler

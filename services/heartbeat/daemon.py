@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 from services.core import logs
-from services.core.metrics import MetricsServer
+from services.core.httpd import MetricsServer
 from services.core.store import Store
 from services.heartbeat.beating import Heartbeat
 from services.heartbeat.discovering import DirectoryDiscovery, EtcdDiscovery
