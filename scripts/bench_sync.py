@@ -29,8 +29,8 @@ from etcd3 import etcdrpc  # noqa: E402
 from services.core import keys, logs  # noqa: E402
 from services.core.localcluster import LocalCluster  # noqa: E402
 from services.core.store import Store  # noqa: E402
+from services.gitops_sync.loop import Liveness, run  # noqa: E402
 from services.gitops_sync.reconciling import Reconciler  # noqa: E402
-from services.gitops_sync.running import Health, run  # noqa: E402
 
 MANIFEST = """\
 apiVersion: chora.dev/v1
@@ -141,9 +141,9 @@ def propagation(corpus: Path, store: Store, edits: int) -> list[float]:
     wipe(store)
     rec = Reconciler(corpus, store)
     stop = threading.Event()
-    health = Health()
+    health = Liveness()
     loop = threading.Thread(
-        target=run, args=(rec, stop), kwargs={"interval": 3600, "health": health}, daemon=True
+        target=run, args=(rec, stop), kwargs={"interval": 3600, "liveness": health}, daemon=True
     )
     loop.start()
     deadline = time.monotonic() + 120

@@ -8,6 +8,7 @@ restart, a missed event or a lost connection heals on the next one.
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterable
@@ -18,8 +19,9 @@ from pathlib import Path
 from services.core import keys, logs
 from services.core.kv import MAX_REQUEST_BYTES, MAX_TXN_OPS, Delete, Put, Unchanged
 from services.core.manifests import ManifestError
+from services.core.scanning import Index, Resolved
 from services.core.store import Store
-from services.gitops_sync import telemetry
+from services.gitops_sync.metrics import Metrics
 from services.gitops_sync.plan import (
     Actual,
     Change,
@@ -29,7 +31,7 @@ from services.gitops_sync.plan import (
     make_plan,
     unowned_namespaces,
 )
-from services.gitops_sync.scanning import Index, Resolved, source_revision
+from services.gitops_sync.projection import project
 
 log = logs.get("gitops_sync")
 
@@ -81,12 +83,15 @@ class Reconciler:
         store: Store,
         *,
         policy: Policy = Policy(),  # noqa: B008 - frozen
+        metrics: Metrics | None = None,
         workers: int = 8,
     ) -> None:
         self.root = Path(root)
         self.store = store
         self.policy = policy
-        self.index = Index(self.root)
+        self.metrics = metrics or Metrics()
+        self.index = Index(self.root, derive=project)
+        self.source: dict[str, object] = {"commit": None, "dirty": None}
         self.owned_total = 0
         self.prunes = PruneWindow(policy.prune_window)
         self.held: dict[str, str] = {}  # namespace → why its prune was refused
@@ -107,6 +112,8 @@ class Reconciler:
         start = time.monotonic()
         self.index.scan()
         resolved = self.index.resolve()
+        # Two git subprocesses: once per full reconcile, not on every file event.
+        self.source = source_revision(self.root)
         actual, present, self.revision = self._read_all()
         owned = actual.owned_namespaces()
         self.owned_total = len(owned)
@@ -154,7 +161,7 @@ class Reconciler:
             self.held.pop(ns, None)
         for change in plan.changes:
             if change.namespace in drifted - by_files:
-                telemetry.DRIFT_REPAIRS.inc()
+                self.metrics.drift_repairs.inc()
                 log.warning(
                     "capability keys changed outside the sync; repairing",
                     change=change.describe(),
@@ -188,7 +195,7 @@ class Reconciler:
         outcome = Outcome(kind, plan, resolved.errors)
         self._report_errors(resolved.errors)
         if plan.refusal:
-            telemetry.PRUNES_REFUSED.inc()
+            self.metrics.prunes_refused.inc()
             log.error("prune refused", reason=plan.refusal, kept=list(plan.refused_prunes)[:20],
                       count=len(plan.refused_prunes))
             if not dry_run:
@@ -244,10 +251,10 @@ class Reconciler:
         )
         if ok:
             self.own_writes.add(revision)
-            telemetry.TXNS.labels("ok").inc()
+            self.metrics.txns.labels("ok").inc()
             self._log_changes(batch)
             return len(batch), set()
-        telemetry.TXNS.labels("conflict").inc()
+        self.metrics.txns.labels("conflict").inc()
         if len(batch) == 1:
             return 0, {batch[0].namespace}
         applied, conflicts = 0, set()
@@ -259,7 +266,7 @@ class Reconciler:
 
     def _log_changes(self, batch: list[Change]) -> None:
         for change in batch:
-            telemetry.CHANGES.labels(change.kind).inc()
+            self.metrics.changes.labels(change.kind).inc()
         # One line per capability for everyday edits; a 10,000-manifest first sync is
         # summed up by "reconcile finished" instead of flooding the log.
         if self._detailed:
@@ -272,7 +279,7 @@ class Reconciler:
         """The machine-readable status under /chora/sync/status. No timestamps: it is
         rewritten only when something in it changes."""
         return {
-            **source_revision(self.root),
+            **self.source,
             "capabilities": len(resolved.desired),
             "errors": [
                 {"file": e.path, "namespace": e.namespace, "reason": e.reason}
@@ -302,12 +309,12 @@ class Reconciler:
         self._reported = now
 
     def _record(self, outcome: Outcome, resolved: Resolved) -> None:
-        telemetry.RECONCILES.labels(outcome.kind, "ok").inc()
-        telemetry.RECONCILE_SECONDS.labels(outcome.kind).observe(outcome.seconds)
-        telemetry.CAPABILITIES.set(len(resolved.desired))
-        telemetry.MANIFEST_ERRORS.set(len(resolved.errors))
-        telemetry.LAST_SUCCESS.set(time.time())
-        telemetry.PRUNES_HELD.set(len(self.held))
+        self.metrics.reconciles.labels(outcome.kind, "ok").inc()
+        self.metrics.reconcile_seconds.labels(outcome.kind).observe(outcome.seconds)
+        self.metrics.capabilities.set(len(resolved.desired))
+        self.metrics.manifest_errors.set(len(resolved.errors))
+        self.metrics.last_success.set(time.time())
+        self.metrics.prunes_held.set(len(self.held))
         # Keeps the prune ratio of partial reconciles honest until the next full read.
         self.owned_total += sum(
             1 if c.kind == "create" else -1 if c.kind == "prune" else 0
@@ -329,7 +336,7 @@ class Reconciler:
             else:
                 log.info("no capabilities without an inventory entry any more")
         self.unowned = unowned
-        telemetry.UNOWNED.set(len(unowned))
+        self.metrics.unowned.set(len(unowned))
 
 
 def _present(kvs: Iterable[str]) -> set[str]:
@@ -356,3 +363,27 @@ class OwnWrites:
 
     def __contains__(self, revision: object) -> bool:
         return revision in self._revisions
+
+
+def source_revision(root: Path) -> dict[str, object]:
+    """The git commit the directory is at and whether it has uncommitted changes;
+    nulls outside a git work tree."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(root), *args],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    porcelain = git("status", "--porcelain", "--", ".")
+    return {"commit": commit, "dirty": bool(porcelain) if porcelain is not None else None}

@@ -10,12 +10,14 @@ from pathlib import Path
 
 from services.core import keys
 from services.core.store import Store
+from services.gitops_sync.daemon import Daemon
 from services.gitops_sync.plan import Policy
-from services.gitops_sync.reconciling import Reconciler
-from services.gitops_sync.running import Health, run
+from services.gitops_sync.settings import Settings
 
 
 class SyncDaemon:
+    """The real daemon (``Daemon.run``) in a thread of the test process."""
+
     def __init__(
         self,
         root: Path,
@@ -24,16 +26,15 @@ class SyncDaemon:
         interval: float = 3600.0,
         policy: Policy = Policy(),  # noqa: B008
     ) -> None:
-        self.store = Store(endpoints, timeout=1.0)
-        self.reconciler = Reconciler(root, self.store, policy=policy)
-        self.health = Health()
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(
-            target=run,
-            args=(self.reconciler, self.stop_event),
-            kwargs={"interval": interval, "debounce": 0.05, "health": self.health},
-            daemon=True,
+        settings = Settings(
+            endpoints=tuple(endpoints), capabilities=root, etcd_timeout=1.0,
+            reconcile_interval=interval, max_prune_ratio=policy.max_prune_ratio,
+            allow_mass_prune=policy.allow_mass_prune, prune_window=policy.prune_window,
         )
+        self.daemon = Daemon(settings)
+        self.store, self.reconciler = self.daemon.store, self.daemon.reconciler
+        self.liveness, self.metrics = self.daemon.liveness, self.daemon.metrics
+        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
 
     def start(self) -> SyncDaemon:
         self.thread.start()
@@ -41,14 +42,12 @@ class SyncDaemon:
 
     @property
     def synced_once(self) -> bool:
-        return self.health.last_success > 0
+        return self.liveness.last_success > 0
 
     def stop(self) -> None:
-        self.stop_event.set()
+        self.daemon.stop()
         self.thread.join(30)
         assert not self.thread.is_alive(), "sync loop did not stop"
-        self.reconciler.close()
-        self.store.close()
 
 
 def value(store: Store, namespace: str, name: str) -> str | None:

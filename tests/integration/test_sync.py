@@ -385,22 +385,18 @@ def test_a_capability_whose_inventory_entry_was_deleted_is_reported_and_kept(
     (caps / "b.yaml").unlink()
     wait_for(lambda: status(store).get("unowned") == ["chora.test.b"], what="reported unowned")
     assert "chora.test.b" in namespaces(store)  # never pruned silently
-    from services.gitops_sync import telemetry
-
-    assert telemetry.UNOWNED._value.get() == 1
+    assert daemon.metrics.unowned._value.get() == 1
 
 
 def test_a_key_changed_outside_the_sync_is_repaired_within_seconds(caps, daemon, store):
     write(caps, "a.yaml", manifest("chora.test.a"))
     daemon.start()
     wait_for(lambda: value(store, "chora.test.a", "version") == "1.0.0", what="first sync")
-    from services.gitops_sync import telemetry
-
-    repairs = telemetry.DRIFT_REPAIRS._value.get()
+    repairs = daemon.metrics.drift_repairs._value.get()
     store.txn([], [Put(keys.capability("chora.test.a", keys.VERSION), b"6.6.6")])
     wait_for(lambda: value(store, "chora.test.a", "version") == "1.0.0", timeout=3,
              what="drift repaired")
-    assert telemetry.DRIFT_REPAIRS._value.get() == repairs + 1
+    assert daemon.metrics.drift_repairs._value.get() == repairs + 1
     from etcd3 import etcdrpc
 
     store._kv.DeleteRange(

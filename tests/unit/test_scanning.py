@@ -2,11 +2,11 @@ import os
 import threading
 import time
 
-from services.gitops_sync import running
+from services.core.scanning import Index
 from services.gitops_sync.plan import Actual, make_plan
+from services.gitops_sync.projection import project
 from services.gitops_sync.reconciling import batches
-from services.gitops_sync.scanning import Index
-from services.gitops_sync.watching import Debouncer, Watcher
+from services.gitops_sync.watching import Debouncer
 from tests.manifests import manifest
 
 
@@ -14,7 +14,7 @@ def test_two_files_claiming_one_namespace_are_both_errors_and_the_namespace_is_k
     (tmp_path / "one.yaml").write_text(manifest("a.b"))
     (tmp_path / "two.yaml").write_text(manifest("a.b"))
     (tmp_path / "three.yaml").write_text(manifest("a.c"))
-    index = Index(tmp_path)
+    index = Index(tmp_path, derive=project)
     index.scan()
     resolved = index.resolve()
     assert set(resolved.desired) == {"a.c"}
@@ -26,7 +26,7 @@ def test_two_files_claiming_one_namespace_are_both_errors_and_the_namespace_is_k
 def test_an_unchanged_file_is_not_parsed_again(tmp_path):
     path = tmp_path / "a.yaml"
     path.write_text(manifest("a.b"))
-    index = Index(tmp_path)
+    index = Index(tmp_path, derive=project)
     assert index.scan() == {"a.yaml"}
     assert index.scan() == set()
     path.write_text(manifest("a.b", version="2.0.0"))
@@ -37,7 +37,7 @@ def test_an_unchanged_file_is_not_parsed_again(tmp_path):
 def test_refresh_reports_the_namespace_a_file_held_before(tmp_path):
     path = tmp_path / "a.yaml"
     path.write_text(manifest("a.b"))
-    index = Index(tmp_path)
+    index = Index(tmp_path, derive=project)
     index.scan()
     path.write_text(manifest("a.renamed"))
     assert index.refresh(["a.yaml"]) == {"a.yaml": "a.b"}
@@ -53,7 +53,7 @@ def test_non_manifest_files_are_ignored(tmp_path):
     (tmp_path / ".a.yaml.swp").write_text("junk")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "x.yaml").write_text(manifest("a.b"))
-    index = Index(tmp_path)
+    index = Index(tmp_path, derive=project)
     index.scan()
     assert index.entries == {}
 
@@ -61,7 +61,7 @@ def test_non_manifest_files_are_ignored(tmp_path):
 def test_changes_are_packed_whole_into_transactions_of_at_most_128_operations(tmp_path):
     for i in range(100):
         (tmp_path / f"c{i}.yaml").write_text(manifest(f"a.c{i}"))
-    index = Index(tmp_path)
+    index = Index(tmp_path, derive=project)
     index.scan()
     plan = make_plan(index.resolve().desired, Actual())
     groups = batches(plan.changes)
@@ -107,34 +107,18 @@ def test_a_steady_stream_still_flushes_after_max_delay():
 
 
 def test_a_large_scan_parsed_by_the_process_pool_matches_a_serial_one(tmp_path, monkeypatch):
-    from services.gitops_sync import scanning
+    from services.core import scanning
 
     for i in range(300):
         (tmp_path / f"c{i:03}.yaml").write_text(manifest(f"a.c{i:03}"))
     (tmp_path / "bad.yaml").write_text("metadata: [")
-    pooled = Index(tmp_path)
+    pooled = Index(tmp_path, derive=project)
     pooled.scan()
     monkeypatch.setattr(scanning, "PARALLEL_THRESHOLD", 10**9)
-    serial = Index(tmp_path)
+    serial = Index(tmp_path, derive=project)
     serial.scan()
     def shown(index):
-        return {n: (e.signature, str(e.result), e.desired) for n, e in index.entries.items()}
+        return {n: (e.signature, str(e.result), e.derived) for n, e in index.entries.items()}
 
     assert shown(pooled) == shown(serial)
     assert str(pooled.entries["bad.yaml"].result).endswith("did not find expected node content")
-
-
-def test_a_watch_goes_stale_when_its_directory_is_replaced_or_removed(tmp_path):
-    root = tmp_path / "capabilities"
-    root.mkdir()
-    watcher = Watcher(root, Debouncer())
-    assert not watcher.stale()
-    os.rename(root, tmp_path / "previous")
-    root.mkdir()
-    assert watcher.stale()
-    root.rmdir()
-    assert watcher.stale()
-
-
-def test_watching_a_directory_that_vanished_gives_none_and_no_error(tmp_path):
-    assert running._watch(tmp_path / "gone", Debouncer()) is None

@@ -1,24 +1,29 @@
-"""The capabilities directory as the sync sees it: each manifest file's latest result.
+"""A directory of manifests as the programs see it: each file's latest result.
 
-An ``Index`` re-parses a file only when its (mtime, size, inode) changed, so a periodic
-full reconcile of 10,000 unchanged files costs a directory listing and stats, and an
-event for one file costs parsing one file.
+One scanner for every program that reads ``capabilities/`` (the sync; the heartbeat's
+``--capabilities DIR`` mode), so the same files are valid, the same duplicates refused
+and the same errors reported everywhere. An ``Index`` re-parses a file only when its
+(mtime, size, inode) changed, so a periodic full scan of 10,000 unchanged files costs a
+directory listing and stats, and an event for one file costs parsing one file. What a
+program derives from a manifest (the sync's keys, the heartbeat's probe) is computed once
+per file version, by ``derive``, in the parsing process.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import subprocess
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.core import manifests
 from services.core.manifests import Capability, ManifestError
-from services.gitops_sync.projection import Desired, project
+
+Derive = Callable[[Capability], Any]  # module-level, so the parsing pool can pickle it
 
 Signature = tuple[int, int, int]
 
@@ -31,14 +36,14 @@ PARALLEL_THRESHOLD = 256
 class Entry:
     signature: Signature
     result: Capability | ManifestError
-    desired: Desired | None = None  # the projection, computed once per file version
+    derived: Any = None  # derive(result), computed once per file version
 
 
 @dataclass(frozen=True)
 class Resolved:
     """The directory reduced to what the planner needs."""
 
-    desired: dict[str, Desired]  # namespace → its keys, duplicates removed
+    desired: dict[str, Any]  # namespace → what derive made of it, duplicates removed
     errors: list[ManifestError]  # sorted by file
     keep: set[str]  # namespaces whose last good state must stay untouched
     broken_sources: set[str]  # names of files that failed to load
@@ -53,12 +58,13 @@ def _signature(st: os.stat_result) -> Signature:
 
 
 class Index:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, derive: Derive | None = None) -> None:
         self.root = Path(root)
+        self.derive = derive
         self.entries: dict[str, Entry] = {}
 
     def _load(self, name: str, sig: Signature) -> Entry:
-        return _load(self.root, name, sig)
+        return _load(self.root, name, sig, self.derive)
 
     def _load_all(self, todo: dict[str, Signature]) -> dict[str, Entry]:
         workers = min(os.cpu_count() or 1, 8)
@@ -68,7 +74,9 @@ class Index:
         chunks = [items[i::workers * 4] for i in range(workers * 4)]
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            results = pool.map(_load_chunk, [self.root] * len(chunks), chunks)
+            results = pool.map(
+                _load_chunk, [self.root] * len(chunks), chunks, [self.derive] * len(chunks)
+            )
             return {name: entry for chunk in results for name, entry in chunk}
 
     def scan(self) -> set[str]:
@@ -137,7 +145,7 @@ class Index:
         desired = {}
         for ns, claimants in claims.items():
             if len(claimants) == 1:
-                desired[ns] = claimants[0].desired
+                desired[ns] = claimants[0].derived
                 continue
             keep.add(ns)
             files = [e.result.source for e in claimants]  # type: ignore[union-attr]
@@ -154,44 +162,22 @@ class Index:
         return Resolved(desired, errors, keep, broken)  # type: ignore[arg-type]
 
 
-def _load(root: Path, name: str, sig: Signature) -> Entry:
+def _load(root: Path, name: str, sig: Signature, derive: Derive | None) -> Entry:
     path = root / name
     try:
         cap = manifests.load(path, root)
-        return Entry(sig, cap, project(cap))
+        return Entry(sig, cap, derive(cap) if derive else None)
     except ManifestError as exc:
         return Entry(sig, exc)
     except OSError as exc:
         return Entry(sig, ManifestError(path, f"cannot read: {exc.strerror or exc}"))
 
 
-def _load_chunk(root: Path, items: list[tuple[str, Signature]]) -> list[tuple[str, Entry]]:
-    return [(name, _load(root, name, sig)) for name, sig in items]
+def _load_chunk(
+    root: Path, items: list[tuple[str, Signature]], derive: Derive | None
+) -> list[tuple[str, Entry]]:
+    return [(name, _load(root, name, sig, derive)) for name, sig in items]
 
 
 def _namespace(result: Capability | ManifestError) -> str | None:
     return result.namespace
-
-
-def source_revision(root: Path) -> dict[str, object]:
-    """The git commit the directory is at and whether it has uncommitted changes;
-    nulls outside a git work tree."""
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(root), *args],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"commit": None, "dirty": None}
-    porcelain = git("status", "--porcelain", "--", ".")
-    return {"commit": commit, "dirty": bool(porcelain) if porcelain is not None else None}

@@ -22,10 +22,10 @@ from pathlib import Path
 from services.core import keys, logs
 from services.core.backoff import Backoff
 from services.core.errors import NoSpace, StoreError, Unavailable
-from services.gitops_sync import telemetry
+from services.core.scanning import DirectoryMissing
 from services.gitops_sync.drifting import Drifted, DriftWatch
+from services.gitops_sync.metrics import Metrics
 from services.gitops_sync.reconciling import Outcome, Reconciler
-from services.gitops_sync.scanning import DirectoryMissing
 from services.gitops_sync.watching import RESCAN, Debouncer, Watcher
 
 log = logs.get("gitops_sync")
@@ -35,7 +35,7 @@ PING_FAILING = 1.0  # ... and while etcd is failing: recovery is noticed within 
 
 
 @dataclass
-class Health:
+class Liveness:
     """What /healthz reports. It must tell the truth within seconds: 503 when etcd has
     not been reached for a while, when etcd refuses writes (NOSPACE), and when the loop
     itself is stuck in one step (the reason names the step), never a stale 200."""
@@ -106,9 +106,9 @@ def run(
     *,
     interval: float = 60.0,
     debounce: float = 0.05,
-    health: Health | None = None,
+    liveness: Liveness | None = None,
 ) -> None:
-    health = health or Health()
+    liveness = liveness or Liveness()
     events = Debouncer(quiet=debounce)
     watcher: Watcher | None = None
     drift: list[DriftWatch] = []
@@ -127,15 +127,15 @@ def run(
                     next_full = 0.0  # files that arrived before the watch began
             now = time.monotonic()
             if now >= next_full:
-                with health.running("full reconcile"):
-                    ok = _attempt(reconciler.full, health, backoff)
+                with liveness.running("full reconcile"):
+                    ok = _attempt(reconciler.full, liveness, backoff, reconciler.metrics)
                 next_full = time.monotonic() + (interval if ok else backoff.next())
                 if ok:
                     log.info("next full reconcile", in_seconds=interval)
                     if not drift:
                         drift = _watch_drift(reconciler, events)
                 continue
-            if _ping_due(health, now) and _ping(reconciler, health):
+            if _ping_due(liveness, now) and _ping(reconciler, liveness):
                 next_full = 0.0  # etcd is back (quorum regained, alarm disarmed): at once
                 continue
             items = events.take(timeout=min(next_full - now, 0.5))
@@ -148,8 +148,9 @@ def run(
                 continue
             names = {i for i in items if isinstance(i, str)}
             drifted = {i.namespace for i in items if isinstance(i, Drifted)}
-            with health.running("partial reconcile"):
-                ok = _attempt(partial(reconciler.partial, names, drifted), health, backoff)
+            with liveness.running("partial reconcile"):
+                ok = _attempt(partial(reconciler.partial, names, drifted), liveness, backoff,
+                              reconciler.metrics)
             if not ok:
                 next_full = time.monotonic() + backoff.next()
     finally:
@@ -175,26 +176,26 @@ def _watch_drift(reconciler: Reconciler, events: Debouncer) -> list[DriftWatch]:
     return watches
 
 
-def _ping_due(health: Health, now: float) -> bool:
-    every = PING_FAILING if health.etcd_error else PING_IDLE
-    return health.contact_at is None or now - health.contact_at >= every
+def _ping_due(liveness: Liveness, now: float) -> bool:
+    every = PING_FAILING if liveness.etcd_error else PING_IDLE
+    return liveness.contact_at is None or now - liveness.contact_at >= every
 
 
-def _ping(reconciler: Reconciler, health: Health) -> bool:
+def _ping(reconciler: Reconciler, liveness: Liveness) -> bool:
     """Ask etcd for its alarms: the answer needs a quorum, and names NOSPACE. True when
     etcd was failing and is now fine again."""
-    was_failing = bool(health.etcd_error)
-    with health.running("etcd ping"):
+    was_failing = bool(liveness.etcd_error)
+    with liveness.running("etcd ping"):
         try:
             alarms = reconciler.store.alarms()
         except StoreError as exc:
-            health.failed(str(exc) or type(exc).__name__)
+            liveness.failed(str(exc) or type(exc).__name__)
             return False
     if "NOSPACE" in alarms:
-        health.reached()
-        health.failed(NoSpace.HOW_TO_CLEAR)
+        liveness.reached()
+        liveness.failed(NoSpace.HOW_TO_CLEAR)
         return False
-    health.reached()
+    liveness.reached()
     if was_failing:
         log.info("etcd reachable again; reconciling now", alarms=alarms or None)
     return was_failing
@@ -212,39 +213,41 @@ def _watch(root: Path, events: Debouncer) -> Watcher | None:
     return watcher
 
 
-def _attempt(action: Callable[[], Outcome], health: Health, backoff: Backoff) -> bool:
+def _attempt(
+    action: Callable[[], Outcome], liveness: Liveness, backoff: Backoff, metrics: Metrics
+) -> bool:
     try:
         outcome = action()
     except NoSpace as exc:
-        telemetry.ETCD_FAILURES.inc()
-        telemetry.RECONCILES.labels("any", "etcd_nospace").inc()
-        health.failed(str(exc))
+        metrics.etcd_failures.inc()
+        metrics.reconciles.labels("any", "etcd_nospace").inc()
+        liveness.failed(str(exc))
         if not backoff.failures:
             log.error("etcd refuses writes: NOSPACE alarm; will retry", error=str(exc))
         return False
     except Unavailable as exc:
-        telemetry.ETCD_FAILURES.inc()
-        telemetry.RECONCILES.labels("any", "etcd_unavailable").inc()
-        health.failed(str(exc) or type(exc).__name__)
+        metrics.etcd_failures.inc()
+        metrics.reconciles.labels("any", "etcd_unavailable").inc()
+        liveness.failed(str(exc) or type(exc).__name__)
         log.warning("etcd unavailable; will retry", error=str(exc), failures=backoff.failures + 1)
         return False
     except DirectoryMissing as exc:
         log.error("nothing synced", reason=str(exc))
-        health.sync_error = f"nothing synced: {exc}"
+        liveness.sync_error = f"nothing synced: {exc}"
         return False
     except StoreError as exc:
         log.error("etcd rejected a request", error=str(exc))
-        health.sync_error = f"etcd rejected a request: {exc}"
+        liveness.sync_error = f"etcd rejected a request: {exc}"
         return False
     except Exception as exc:  # a daemon logs a bug and retries; it does not die
         log.exception("reconcile failed unexpectedly; will retry")
-        health.sync_error = f"reconcile failed unexpectedly: {exc!r}"
+        liveness.sync_error = f"reconcile failed unexpectedly: {exc!r}"
         return False
     backoff.reset()
-    health.reached()
-    with health.lock:
-        health.last_success, health.errors = time.time(), len(outcome.errors)
-        health.sync_error = ""
+    liveness.reached()
+    with liveness.lock:
+        liveness.last_success, liveness.errors = time.time(), len(outcome.errors)
+        liveness.sync_error = ""
     if outcome.plan.changes or outcome.kind == "full":
         log.info(
             "reconcile finished",

@@ -1,0 +1,109 @@
+"""The sync daemon: wires the store, the reconciler, the metrics, the /healthz server and
+the loop together, and stops them in order with a bound on each step. ``once`` is the
+same reconciler run a single time (``--once``, ``--dry-run``)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from services.core import logs
+from services.core.backoff import Backoff
+from services.core.errors import NoSpace, StoreError, Unavailable
+from services.core.httpd import MetricsServer
+from services.core.scanning import DirectoryMissing
+from services.core.store import Store
+from services.gitops_sync import loop
+from services.gitops_sync.loop import Liveness
+from services.gitops_sync.metrics import Metrics
+from services.gitops_sync.reconciling import Outcome, Reconciler
+from services.gitops_sync.settings import Settings
+
+EXIT_OK, EXIT_INVALID, EXIT_UNREACHABLE = 0, 1, 2
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
+        self.settings = settings
+        self.log = logs.get("gitops_sync")
+        self.store = store or Store(settings.endpoints, timeout=settings.etcd_timeout)
+        self._own_store = store is None
+        self.metrics = Metrics()
+        self.reconciler = Reconciler(
+            settings.capabilities, self.store, policy=settings.policy, metrics=self.metrics
+        )
+        self.liveness = Liveness(stall_after=settings.stall_after)
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the daemon to stop (signal handlers call this); ``run`` returns soon after."""
+        self.stopping.set()
+
+    def run(self) -> int:
+        s = self.settings
+        server = None
+        if s.metrics_port is not None:
+            server = MetricsServer(s.metrics_port, self.liveness.check, host=s.metrics_host,
+                                   registry=self.metrics.registry).start()
+            self.log.info("serving /metrics and /healthz", port=server.port)
+        self.log.info("gitops sync started", capabilities=str(s.capabilities),
+                      endpoints=self.store.endpoints, interval=s.reconcile_interval)
+        try:
+            loop.run(self.reconciler, self.stopping, interval=s.reconcile_interval,
+                     debounce=s.debounce, liveness=self.liveness)
+        finally:
+            if server is not None:
+                server.stop()
+            self.close()
+        self.log.info("gitops sync stopped")
+        return EXIT_OK
+
+    def once(self, *, dry_run: bool = False) -> int:
+        """One full reconcile (or its plan): exit 0 all valid, 1 a manifest was rejected
+        or the directory is missing, 2 etcd unreachable or refusing writes. etcd gets a
+        few seconds to answer (an election in progress), no more."""
+        try:
+            outcome = self._full_within(3 * self.settings.etcd_timeout, dry_run=dry_run)
+        except NoSpace as exc:
+            self.log.error("etcd refuses writes", error=str(exc))
+            return EXIT_UNREACHABLE
+        except Unavailable as exc:
+            self.log.error("etcd unreachable", endpoints=self.store.endpoints, error=str(exc))
+            return EXIT_UNREACHABLE
+        except DirectoryMissing as exc:
+            self.log.error("nothing synced", reason=str(exc))
+            return EXIT_INVALID
+        except StoreError as exc:
+            self.log.error("etcd rejected a request", error=str(exc))
+            return EXIT_UNREACHABLE
+        finally:
+            self.close()
+        if dry_run:
+            for change in outcome.plan.changes:
+                print(change.describe())
+            if outcome.plan.refusal:
+                print(f"REFUSED: {outcome.plan.refusal}")
+            print(f"{len(outcome.plan.changes)} change(s) planned, {len(outcome.errors)} "
+                  "manifest error(s); nothing written (dry run)")
+        for err in outcome.errors:
+            print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID if outcome.errors else EXIT_OK
+
+    def _full_within(self, seconds: float, *, dry_run: bool) -> Outcome:
+        deadline = time.monotonic() + seconds
+        backoff = Backoff(initial=0.25, cap=1.0)
+        while True:
+            try:
+                return self.reconciler.full(dry_run=dry_run)
+            except NoSpace:
+                raise
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(backoff.next())
+
+    def close(self) -> None:
+        self.reconciler.close()
+        if self._own_store:
+            self.store.close()
