@@ -43,7 +43,8 @@ class MetricsServer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, which never ran
+            self._server.shutdown()
         self._server.server_close()
 
 

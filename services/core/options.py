@@ -70,11 +70,17 @@ def add_serve_flags(p: argparse.ArgumentParser, *, port: int | None = None) -> N
     )
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def add_log_flags(p: argparse.ArgumentParser) -> None:
+    level = env("LOG_LEVEL", "info").lower()
+    if level not in LOG_LEVELS:  # argparse checks choices on the command line only
+        raise SystemExit(f"error: LOG_LEVEL={level!r} is not one of {', '.join(LOG_LEVELS)}")
     p.add_argument(
         "--log-level",
-        default=env("LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
+        default=level,
+        choices=LOG_LEVELS,
         help="(env LOG_LEVEL; default %(default)s)",
     )
     p.add_argument(

@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.log_level, json=args.log_json)
     try:
         daemon = Daemon(settings)
-    except (ValueError, OSError) as exc:  # an endpoint that does not resolve
-        parser.error(f"--endpoints {args.endpoints}: {exc}")
+    except ValueError as exc:  # an endpoint that does not resolve, a port already taken
+        parser.error(str(exc))
     if args.once or args.dry_run:
         return daemon.once(dry_run=args.dry_run)
     signals.on_stop(daemon.stop, "gitops_sync")

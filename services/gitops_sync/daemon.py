@@ -24,16 +24,34 @@ EXIT_OK, EXIT_INVALID, EXIT_UNREACHABLE = 0, 1, 2
 
 
 class Daemon:
+    """One sync daemon. ``ValueError`` from the constructor is a configuration error (an
+    endpoint that does not resolve, a port already taken), with a message naming the
+    flag: the CLI exits with it, no retry loop."""
+
     def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
         self.settings = settings
         self.log = logs.get("gitops_sync")
-        self.store = store or Store(settings.endpoints, timeout=settings.etcd_timeout)
+        try:
+            self.store = store or Store(settings.endpoints, timeout=settings.etcd_timeout)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"--endpoints {','.join(settings.endpoints)}: {exc}") from exc
         self._own_store = store is None
         self.metrics = Metrics()
         self.reconciler = Reconciler(
             settings.capabilities, self.store, policy=settings.policy, metrics=self.metrics
         )
         self.liveness = Liveness(stall_after=settings.stall_after)
+        self.httpd: MetricsServer | None = None
+        if settings.metrics_port is not None:
+            try:
+                self.httpd = MetricsServer(
+                    settings.metrics_port, self.liveness.check, host=settings.metrics_host,
+                    registry=self.metrics.registry,
+                )
+            except OSError as exc:
+                self.close()
+                raise ValueError(f"--metrics-port {settings.metrics_port} (--metrics-host "
+                                 f"{settings.metrics_host}): {exc}") from exc
         self.stopping = threading.Event()
 
     def stop(self) -> None:
@@ -42,19 +60,17 @@ class Daemon:
 
     def run(self) -> int:
         s = self.settings
-        server = None
-        if s.metrics_port is not None:
-            server = MetricsServer(s.metrics_port, self.liveness.check, host=s.metrics_host,
-                                   registry=self.metrics.registry).start()
-            self.log.info("serving /metrics and /healthz", port=server.port)
+        if self.httpd is not None:
+            self.httpd.start()
+            self.log.info("serving /metrics and /healthz", port=self.httpd.port)
         self.log.info("gitops sync started", capabilities=str(s.capabilities),
                       endpoints=self.store.endpoints, interval=s.reconcile_interval)
         try:
             loop.run(self.reconciler, self.stopping, interval=s.reconcile_interval,
                      debounce=s.debounce, liveness=self.liveness)
         finally:
-            if server is not None:
-                server.stop()
+            if self.httpd is not None:
+                self.httpd.stop()
             self.close()
         self.log.info("gitops sync stopped")
         return EXIT_OK

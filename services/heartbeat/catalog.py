@@ -31,8 +31,9 @@ class Adoption:
 
 
 @dataclass
-class Entry:
-    """One namespace as far as the heartbeat cares."""
+class Known:
+    """What the heartbeat knows of one namespace: its ``type`` key and the check its
+    ``manifest`` key declares."""
 
     type: str | None = None
     check: Check = NO_CHECK
@@ -42,7 +43,7 @@ class Mirror:
     """The ``type`` and ``manifest`` keys of every capability, kept current by events."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, Entry] = {}
+        self.known: dict[str, Known] = {}
 
     def apply(self, key: str, value: bytes | None) -> bool:
         """A put (value) or delete (None) of ``key``; True when the service set may differ."""
@@ -52,20 +53,22 @@ class Mirror:
         namespace, name = parts
         if name not in (keys.TYPE, keys.MANIFEST):
             return False
-        entry = self.entries.setdefault(namespace, Entry())
+        known = self.known.setdefault(namespace, Known())
         if name == keys.TYPE:
-            entry.type = value.decode(errors="replace").strip().lower() if value else None
+            known.type = value.decode(errors="replace").strip().lower() if value else None
         else:
-            entry.check = _check(value)
-        if entry.type is None and entry.check == NO_CHECK:
-            del self.entries[namespace]
+            known.check = _check(value)
+        if known.type is None and known.check == NO_CHECK:
+            del self.known[namespace]
         return True
 
     def services(self) -> dict[str, Check]:
-        return {ns: e.check for ns, e in self.entries.items() if e.type == "service"}
+        """The desired service set: every namespace typed ``service``, with its check."""
+        return {ns: k.check for ns, k in self.known.items() if k.type == "service"}
 
     @classmethod
     def from_kvs(cls, kvs: Mapping[str, bytes]) -> Mirror:
+        """A mirror of the capability keys read at one revision (``key → value``)."""
         mirror = cls()
         for key, value in kvs.items():
             mirror.apply(key, value)
@@ -73,6 +76,8 @@ class Mirror:
 
 
 def _check(value: bytes | None) -> Check:
+    """The check a ``manifest`` key's JSON declares; an unreadable one declares none, so
+    the service is still kept alive (unprobed) rather than dropped."""
     if not value:
         return NO_CHECK
     try:
@@ -121,14 +126,18 @@ def adoptions(
 
 
 @dataclass(frozen=True)
-class Diff:
+class Delta:
+    """How the desired service set differs from the services tracked."""
+
     added: dict[str, Check]
     removed: list[str]
-    changed: dict[str, Check]
+    changed: dict[str, Check]  # same service, another check: probe anew
 
 
-def diff(current: Mapping[str, Check], desired: Mapping[str, Check]) -> Diff:
+def delta(current: Mapping[str, Check], desired: Mapping[str, Check]) -> Delta:
+    """Reconcile, don't replay: the loop applies this to its sessions, whatever events
+    (or full re-reads) led to ``desired``."""
     added = {ns: c for ns, c in desired.items() if ns not in current}
     removed = [ns for ns in current if ns not in desired]
     changed = {ns: c for ns, c in desired.items() if ns in current and current[ns] != c}
-    return Diff(added, removed, changed)
+    return Delta(added, removed, changed)

@@ -1,4 +1,5 @@
-"""What a service's manifest says about probing it, and the probes themselves.
+"""What a service's manifest says about probing it: pure data, no I/O (the probes run
+in ``probing.py``).
 
 A manifest may declare ``chora_service.health.url`` (HTTP GET, healthy on a 2xx answer
 within ``timeout`` seconds, default 5) or ``chora_service.health.tcp`` (``host:port``,
@@ -8,9 +9,6 @@ healthy when a TCP connection opens within ``timeout``). ``url`` wins when both 
 
 from __future__ import annotations
 
-import socket
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +19,8 @@ NONE, HTTP, TCP = "none", "http", "tcp"
 
 @dataclass(frozen=True, slots=True)
 class Check:
+    """How to probe one service; equal checks need no new probe."""
+
     kind: str = NONE  # "none" | "http" | "tcp"
     target: str = ""  # the URL or "host:port"
     timeout: float = DEFAULT_TIMEOUT
@@ -51,42 +51,8 @@ def check_from_document(document: Any) -> Check:
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
+    """The outcome of one probe, as the session keeps it (the latest one counts)."""
+
     ok: bool
     reason: str  # "" when ok
     at: float  # time.monotonic() when the probe finished
-
-
-def probe_http(url: str, timeout: float) -> tuple[bool, str]:
-    if not url.startswith(("http://", "https://")):
-        return False, f"url {url!r} is not http(s)"
-    request = urllib.request.Request(url, method="GET", headers={"User-Agent": "chora-heartbeat"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        return False, f"GET {url}: HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return False, f"GET {url}: {reason}"
-    if 200 <= status < 300:
-        return True, ""
-    return False, f"GET {url}: HTTP {status}"
-
-
-def probe_tcp(target: str, timeout: float) -> tuple[bool, str]:
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        return False, f"tcp target {target!r} is not host:port"
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return True, ""
-    except OSError as exc:
-        return False, f"connect {target}: {exc.strerror or exc}"
-
-
-def run_probe(check: Check) -> tuple[bool, str]:
-    if check.kind == HTTP:
-        return probe_http(check.target, check.timeout)
-    if check.kind == TCP:
-        return probe_tcp(check.target, check.timeout)
-    return True, ""

@@ -1,17 +1,17 @@
-"""Command line of ``python -m services.heartbeat``: flags with environment defaults."""
+"""``python -m services.heartbeat``: flags and environment → typed settings → the daemon.
+The only place that reads the command line or the environment; the flags every program
+shares (etcd, /metrics, logs) come from ``services.core.options``."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
-from services.core import logs, topology
+from services.core import logs, signals
+from services.core.options import add_etcd_flags, add_log_flags, add_serve_flags, env, env_flag
 from services.core.store import parse_endpoints
+from services.heartbeat.daemon import Daemon
 from services.heartbeat.settings import Settings
 from services.heartbeat.states import STATES
 
@@ -23,16 +23,6 @@ services is read from etcd (the keys the gitops sync writes) and followed with a
 or taken from --capabilities DIR."""
 
 
-def _env_int(name: str, default: int | None) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
-
-
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value not in (None, "") else default
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m services.heartbeat",
@@ -40,43 +30,31 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=STATES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--endpoints", default=os.environ.get("ETCD_ENDPOINTS",
-                                              ",".join(topology.DEFAULT_ENDPOINTS)),
-        help="etcd endpoints, comma-separated host:port (env ETCD_ENDPOINTS; "
-             "default %(default)s)",
-    )
-    p.add_argument("--ttl", type=int, default=_env_int("HEARTBEAT_TTL", 30),
+    add_etcd_flags(p)
+    p.add_argument("--ttl", type=int, default=env("HEARTBEAT_TTL", 30, int),
                    help="lease TTL in seconds (env HEARTBEAT_TTL; default %(default)s)")
-    p.add_argument("--interval", type=float, default=_env_float("HEARTBEAT_INTERVAL", 10.0),
+    p.add_argument("--interval", type=float, default=env("HEARTBEAT_INTERVAL", 10.0, float),
                    help="seconds between beats and between probes of one service "
                         "(env HEARTBEAT_INTERVAL; default %(default)s)")
     p.add_argument("--capabilities", metavar="DIR", type=Path,
-                   default=os.environ.get("CAPABILITIES_DIR") or None,
+                   default=env("CAPABILITIES_DIR", None, Path),
                    help="take the services from the manifests in DIR instead of from etcd "
                         "(env CAPABILITIES_DIR; default: learn them from etcd)")
     p.add_argument("--revoke-on-exit", action="store_true",
-                   default=os.environ.get("HEARTBEAT_REVOKE_ON_EXIT", "") in ("1", "true"),
+                   default=env_flag("HEARTBEAT_REVOKE_ON_EXIT"),
                    help="on SIGTERM/SIGINT revoke every lease so all health keys vanish at "
-                        "once (decommissioning); default: leave them for a successor")
-    p.add_argument("--metrics-port", type=int, default=_env_int("METRICS_PORT", None),
-                   help="serve /metrics and /healthz on this port (env METRICS_PORT; "
-                        "default off)")
-    p.add_argument("--metrics-host", default=os.environ.get("METRICS_HOST", "0.0.0.0"),
-                   help="address for /metrics (default %(default)s)")
-    p.add_argument("--resync", type=float, default=_env_float("HEARTBEAT_RESYNC", 60.0),
-                   help="seconds between full re-reads of the capabilities (default "
-                        "%(default)s)")
-    p.add_argument("--timeout", type=float, default=_env_float("ETCD_TIMEOUT", 3.0),
-                   help="deadline of every etcd call in seconds (default %(default)s)")
-    p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
-                   help="JSON log lines (default: JSON unless stderr is a terminal)")
+                        "once (decommissioning); default: leave them for a successor "
+                        "(env HEARTBEAT_REVOKE_ON_EXIT)")
+    p.add_argument("--resync", type=float, default=env("HEARTBEAT_RESYNC", 60.0, float),
+                   help="seconds between full re-reads of the capabilities (env "
+                        "HEARTBEAT_RESYNC; default %(default)s)")
+    add_serve_flags(p)
+    add_log_flags(p)
     return p
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    """Raises ``ValueError`` for values no daemon could run with."""
     return Settings(
         endpoints=tuple(parse_endpoints(args.endpoints)),
         ttl=args.ttl,
@@ -86,7 +64,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         resync=args.resync,
-        timeout=args.timeout,
+        etcd_timeout=args.etcd_timeout,
     )
 
 
@@ -98,20 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     logs.configure(args.log_level, json=args.log_json)
-    from services.heartbeat.daemon import Daemon  # after logging is configured
-
-    daemon = Daemon(settings)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if daemon.stopping.is_set():
-            logs.get("heartbeat").warning("second signal: exiting now")
-            os._exit(1)
-        daemon.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon = Daemon(settings)
+    except ValueError as exc:  # an endpoint that does not resolve, a port already taken
+        parser.error(str(exc))
+    signals.on_stop(daemon.stop, "heartbeat")
     return daemon.run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,13 @@
-"""The heartbeat daemon: wires the store, discovery, scheduler and metrics together, and
-stops them in order with a bound on each step."""
+"""The heartbeat daemon: wires the store, the metrics, the /healthz server, discovery and
+the loop together, and stops them in order with a bound on each step.
+
+Shutdown order, and why: discovery first (no new service set arrives while the leases
+are being left or revoked), then the loop's ``finish`` (the last refresh or the revokes,
+and the exact counts: at most ``shutdown_timeout`` plus one etcd deadline), then the
+discovery thread is given ``DISCOVERY_JOIN`` seconds to end (it is a daemon thread:
+abandoned after that), then the HTTP server (its serving loop polls every 0.5 s), the
+store last, since every step before it may still talk to etcd.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +16,50 @@ import threading
 from services.core import logs
 from services.core.httpd import MetricsServer
 from services.core.store import Store
-from services.heartbeat.beating import Heartbeat
 from services.heartbeat.discovering import DirectoryDiscovery, EtcdDiscovery
-from services.heartbeat.instruments import Instruments
+from services.heartbeat.loop import Heartbeat
+from services.heartbeat.metrics import Metrics
 from services.heartbeat.settings import Settings
+
+DISCOVERY_JOIN = 2.0  # seconds the discovery thread gets to end at shutdown
+EXIT_OK = 0
 
 
 class Daemon:
+    """One heartbeat daemon. ``ValueError``/``OSError`` from the constructor are
+    configuration errors (an endpoint that does not resolve, a port already taken), with
+    a message naming the flag."""
+
     def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
         self.settings = settings
         self.log = logs.get("heartbeat")
-        self.store = store or Store(settings.endpoints, timeout=settings.timeout)
+        try:
+            self.store = store or Store(settings.endpoints, timeout=settings.etcd_timeout)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"--endpoints {','.join(settings.endpoints)}: {exc}") from exc
         self._own_store = store is None
-        self.instruments = Instruments()
-        self.heartbeat = Heartbeat(self.store, settings, self.instruments, self.log)
+        self.metrics = Metrics()
+        self.loop = Heartbeat(self.store, settings, self.metrics, self.log)
+        self.httpd: MetricsServer | None = None
+        if settings.metrics_port is not None:
+            try:
+                self.httpd = MetricsServer(
+                    settings.metrics_port, self.loop.liveness, host=settings.metrics_host,
+                    registry=self.metrics.registry,
+                )
+            except OSError as exc:
+                self._close_store()
+                raise ValueError(f"--metrics-port {settings.metrics_port} (--metrics-host "
+                                 f"{settings.metrics_host}): {exc}") from exc
         if settings.capabilities_dir is not None:
             self.discovery: EtcdDiscovery | DirectoryDiscovery = DirectoryDiscovery(
-                self.store, settings.capabilities_dir, self.heartbeat.update, self.log,
+                self.store, settings.capabilities_dir, self.loop.update, self.log,
                 period=min(settings.interval, 5.0),
             )
         else:
             self.discovery = EtcdDiscovery(
-                self.store, self.heartbeat.update, self.log, resync=settings.resync
+                self.store, self.loop.update, self.log, resync=settings.resync
             )
-        self.metrics: MetricsServer | None = None
         self.stopping = threading.Event()
 
     def stop(self) -> None:
@@ -39,31 +67,35 @@ class Daemon:
         self.stopping.set()
 
     def run(self) -> int:
+        """Serve, discover and beat until ``stop``; then shut down in order."""
         s = self.settings
         self.log.info(
             "heartbeat starting", endpoints=list(s.endpoints), ttl=s.ttl, interval=s.interval,
             source=str(s.capabilities_dir) if s.capabilities_dir else "etcd",
             revoke_on_exit=s.revoke_on_exit, metrics_port=s.metrics_port,
         )
-        if s.metrics_port is not None:
-            self.metrics = MetricsServer(
-                s.metrics_port, self.heartbeat.health, host=s.metrics_host,
-                registry=self.instruments.registry,
-            ).start()
+        if self.httpd is not None:
+            self.httpd.start()
         self.discovery.start()
         try:
-            self.heartbeat.run(self.stopping)
+            self.loop.run(self.stopping)
         finally:
             self._shutdown()
-        return 0
+        return EXIT_OK
 
     def _shutdown(self) -> None:
         self.log.info("heartbeat stopping")
         self.discovery.stop()
-        self.heartbeat.finish()
-        self.discovery.join(timeout=2.0)
-        if self.metrics is not None:
-            self.metrics.stop()
+        self.loop.finish()
+        self.discovery.join(timeout=DISCOVERY_JOIN)
+        if self.discovery.is_alive():
+            self.log.warning("discovery did not stop in time; abandoning it",
+                             seconds=DISCOVERY_JOIN)
+        if self.httpd is not None:
+            self.httpd.stop()
+        self._close_store()
+        self.log.info("heartbeat stopped")
+
+    def _close_store(self) -> None:
         if self._own_store:
             self.store.close()
-        self.log.info("heartbeat stopped")

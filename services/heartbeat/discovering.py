@@ -13,9 +13,11 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from services.core import keys, manifests
+from services.core import keys
 from services.core.backoff import Backoff
 from services.core.errors import Compacted, StoreError
+from services.core.manifests import Capability
+from services.core.scanning import DirectoryMissing, Index
 from services.core.store import Store
 from services.heartbeat.catalog import Adoption, Mirror, adoptions, reserved_counts
 from services.heartbeat.checks import Check, check_from_document
@@ -97,9 +99,16 @@ class EtcdDiscovery(threading.Thread):
                 self._watch = None
 
 
+def service_check(cap: Capability) -> Check | None:
+    """What the heartbeat derives from a manifest: its probe, if it is a Service."""
+    return check_from_document(cap.document) if cap.type == "service" else None
+
+
 class DirectoryDiscovery(threading.Thread):
     """``--capabilities DIR``: the Service manifests in a directory, rescanned every
-    ``period`` seconds; the health keys in etcd are read once, for adoption."""
+    ``period`` seconds with the same scanner as the sync (same validity rules, same
+    duplicate refusal, files re-parsed only when they change); the health keys in etcd
+    are read once, for adoption."""
 
     def __init__(
         self, store: Store, directory: Path, update: Update, log: object, *, period: float
@@ -107,31 +116,30 @@ class DirectoryDiscovery(threading.Thread):
         super().__init__(name="discovery", daemon=True)
         self.store, self.directory, self.update, self.log = store, directory, update, log
         self.period = period
+        self.index = Index(directory, derive=service_check)
         self._halt = threading.Event()
         self._reported: dict[str, str] = {}
 
     def stop(self) -> None:
         self._halt.set()
 
-    def scan(self) -> dict[str, Check]:
-        found: dict[str, Check] = {}
-        errors: dict[str, str] = {}
-        paths = sorted(self.directory.iterdir()) if self.directory.is_dir() else []
-        for path in paths:
-            if not path.is_file() or not manifests.is_manifest_name(path.name):
-                continue
-            try:
-                cap = manifests.load(path, self.directory)
-            except manifests.ManifestError as exc:
-                errors[str(path)] = exc.reason
-                continue
-            if cap.type == "service":
-                found[cap.namespace] = check_from_document(cap.document)
+    def scan(self) -> dict[str, Check] | None:
+        """The services in the directory; None when the directory is missing (an
+        unmounted volume must not make every service leave the set)."""
+        try:
+            self.index.scan()
+        except DirectoryMissing as exc:
+            if self._reported.get("") != str(exc):
+                self.log.error("service set kept as it was", reason=str(exc))
+            self._reported = {"": str(exc)}
+            return None
+        resolved = self.index.resolve()
+        errors = {e.path: e.reason for e in resolved.errors}
         for path, reason in errors.items():
             if self._reported.get(path) != reason:
                 self.log.error("manifest skipped", path=path, reason=reason)
         self._reported = errors
-        return found
+        return {ns: check for ns, check in resolved.desired.items() if check is not None}
 
     def run(self) -> None:
         backoff = Backoff(initial=0.2, cap=5.0)
@@ -145,6 +153,8 @@ class DirectoryDiscovery(threading.Thread):
                 self.log.warning("reading existing health keys failed; retrying",
                                  error=str(exc))
         while not self._halt.is_set():
-            self.update(self.scan(), hints)
-            hints = {}
+            found = self.scan()
+            if found is not None:
+                self.update(found, hints)
+                hints = {}
             self._halt.wait(self.period)

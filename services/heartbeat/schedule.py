@@ -10,17 +10,14 @@ from collections.abc import Iterable
 
 
 class Schedule:
+    """Names and when each is due; one entry per name (``at`` moves it)."""
+
     def __init__(self) -> None:
         self._heap: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}
 
-    def __len__(self) -> int:
-        return len(self._due)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._due
-
     def at(self, name: str, when: float) -> None:
+        """Due at ``when``, replacing any earlier due time of ``name``."""
         self._due[name] = when
         heapq.heappush(self._heap, (when, name))
 
@@ -35,21 +32,16 @@ class Schedule:
     def remove(self, name: str) -> None:
         self._due.pop(name, None)  # its heap entry is skipped when it surfaces
 
-    def pop_due(self, now: float, limit: int | None = None) -> list[tuple[str, float]]:
+    def pop_due(self, now: float) -> list[tuple[str, float]]:
         """Every (name, scheduled time) due by ``now``, earliest first; they leave the
         schedule until ``at`` puts them back."""
         out: list[tuple[str, float]] = []
-        while self._heap and self._heap[0][0] <= now and (limit is None or len(out) < limit):
+        while self._heap and self._heap[0][0] <= now:
             when, name = heapq.heappop(self._heap)
             if self._due.get(name) == when:
                 del self._due[name]
                 out.append((name, when))
         return out
-
-    def next_due(self) -> float | None:
-        while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
 
 
 def next_beat(scheduled: float, now: float, interval: float, spread: float = 1.0) -> float:

@@ -1,5 +1,6 @@
-"""The daemon's settings, grouped in one typed object; the CLI and the environment are
-read only in ``cli.py``."""
+"""The heartbeat's settings, one typed object; the command line and the environment are
+read only in ``cli.py``. Invalid combinations raise ``ValueError`` here, which the CLI
+turns into a one-line usage error: a bad flag is terminal, never retried."""
 
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ class Settings:
     metrics_port: int | None = None
     """Serve /metrics and /healthz on this port (None: off)."""
     metrics_host: str = "0.0.0.0"
+    """Address /metrics and /healthz listen on."""
     resync: float = 60.0
     """Seconds between full re-reads of the capability prefix (a watch on a member cut
     off from the majority reports nothing, so the read is the safety net)."""
-    timeout: float = 3.0
+    etcd_timeout: float = 3.0
     """Deadline of every etcd call."""
     probe_workers: int = 32
     """Threads running probes; a hanging probe holds one of them up to its timeout."""
@@ -43,3 +45,6 @@ class Settings:
                 f"interval ({self.interval}s) must be positive and shorter than ttl "
                 f"({self.ttl}s), or every key expires between two beats"
             )
+        for name in ("etcd_timeout", "resync"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")

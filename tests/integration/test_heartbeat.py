@@ -65,7 +65,7 @@ def count(store: Store, ns: str) -> int:
 
 @contextmanager
 def running(endpoints: list[str], **overrides: object) -> Iterator[Daemon]:
-    settings = Settings(tuple(endpoints), **{"ttl": 3, "interval": 1.0, "timeout": 1.0,
+    settings = Settings(tuple(endpoints), **{"ttl": 3, "interval": 1.0, "etcd_timeout": 1.0,
                                              "metrics_host": "127.0.0.1", **overrides})
     daemon = Daemon(settings)
     thread = threading.Thread(target=daemon.run, name="daemon-under-test")
@@ -249,7 +249,7 @@ def test_metrics_and_healthz_report_beats_and_reachability(store, etcd):
     publish(store, "team.metrics")
     with running(etcd.endpoints, metrics_port=0) as daemon:
         wait_for(lambda: count(store, "team.metrics") >= 2, 10, what="beats")
-        port = daemon.metrics.port
+        port = daemon.httpd.port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
             assert resp.status == 200 and json.loads(resp.read())["ok"] is True
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
@@ -330,7 +330,7 @@ def test_a_lease_revoked_behind_the_daemons_back_is_replaced_and_logged_once(sto
         assert again["heartbeat_count"] > first["heartbeat_count"]
         wait_for(lambda: count(store, "lease.victim") > again["heartbeat_count"] + 1, 5,
                  what="beating on")
-        assert daemon.instruments.lease_losses._value.get() == 1
+        assert daemon.metrics.lease_losses._value.get() == 1
 
 
 def test_restart_without_a_blink_keeps_the_key_and_continues_the_count(store, etcd, tmp_path):
@@ -537,23 +537,23 @@ def test_quorum_lost_and_restored_brings_every_key_back_within_an_interval(
         publish(store, ns)
     with running(fresh_cluster.endpoints) as daemon:
         wait_for(lambda: all(count(store, ns) >= 1 for ns in names), 10, what="beating")
-        wait_for(lambda: daemon.heartbeat.health()[0], 5, what="healthz ok")
+        wait_for(lambda: daemon.loop.liveness()[0], 5, what="healthz ok")
         before = {ns: count(store, ns) for ns in names}
         victims = fresh_cluster.members[:2]
         for m in victims:
             m.kill()
-        wait_for(lambda: not daemon.heartbeat.health()[0], 10, what="healthz reporting the loss")
+        wait_for(lambda: not daemon.loop.liveness()[0], 10, what="healthz reporting the loss")
         # Stay down through a few backed-off retries (longer than one TTL in all).
-        wait_for(lambda: daemon.instruments.rounds_failed._value.get() >= 4, 20,
+        wait_for(lambda: daemon.metrics.rounds_failed._value.get() >= 4, 20,
                  what="several failed rounds")
-        failures = daemon.instruments.rounds_failed._value.get()
+        failures = daemon.metrics.rounds_failed._value.get()
         for m in victims:
             m.start()
         fresh_cluster.wait_healthy(30)
         wait_for(lambda: all(count(store, ns) > before[ns] for ns in names), 8,
                  what="every key beating again")
-        wait_for(lambda: daemon.heartbeat.health()[0], 5, what="healthz ok again")
+        wait_for(lambda: daemon.loop.liveness()[0], 5, what="healthz ok again")
         assert failures >= 1
         # capped backoff, no spin: far fewer failed rounds than ticks while down
-        assert daemon.instruments.rounds_failed._value.get() < 200
+        assert daemon.metrics.rounds_failed._value.get() < 200
     store.close()

@@ -1,5 +1,7 @@
 """Prometheus metrics of one heartbeat daemon, on its own registry (so several daemons
-can live in one test process), plus an exact beat-lag p99 over the last minute."""
+can live in one test process), plus an exact beat-lag p99 over the last minute.
+
+The loop and the round update them; ``daemon.py`` serves ``registry`` on /metrics."""
 
 from __future__ import annotations
 
@@ -42,7 +44,10 @@ class Lags:
         return data[min(len(data) - 1, int(q * len(data)))]
 
 
-class Instruments:
+class Metrics:
+    """Every metric of one heartbeat daemon, on its own ``registry``. The names are the
+    ones services/heartbeat/README.md documents: keep them."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry

@@ -1,5 +1,6 @@
-"""The scheduler across restarts, crashes and rejoins, driven by a fake clock against an
-in-memory etcd (leases that run out, keys attached to them): deterministic, no etcd.
+"""The heartbeat loop across restarts, crashes, rejoins and outages, driven by a fake
+clock against an in-memory etcd (leases that run out, keys attached to them):
+deterministic, no etcd.
 
 What a restart must keep: every adopted lease refreshed before it runs out, the lease TTL
 the new daemon was given, and a ``heartbeat_count`` that never repeats or goes back.
@@ -11,14 +12,13 @@ import threading
 from collections.abc import Iterable
 
 from services.core import keys
-from services.core.errors import LeaseNotFound
+from services.core.errors import LeaseNotFound, Unavailable
 from services.core.kv import MAX_TXN_OPS, KeyValue, Op, Put, Unchanged
-from services.heartbeat.beating import Heartbeat, Item, pack
-from services.heartbeat.catalog import Adoption, adoptions, reserved_counts
 from services.heartbeat.checks import NO_CHECK
 from services.heartbeat.discovering import read_health
-from services.heartbeat.instruments import Instruments
-from services.heartbeat.sessions import COUNT_BLOCK, Session
+from services.heartbeat.loop import Heartbeat
+from services.heartbeat.metrics import Metrics
+from services.heartbeat.sessions import COUNT_BLOCK
 from services.heartbeat.settings import Settings
 from services.heartbeat.states import parse_record
 from tests.conftest import wait_for
@@ -43,6 +43,7 @@ class FakeEtcd:
         self.deleted: list[str] = []
         self.txns: list[list[Op]] = []
         self.rev = 1
+        self.down = False  # no quorum: every call raises Unavailable
         self._next_lease = 100
         self._lock = threading.RLock()
 
@@ -59,19 +60,26 @@ class FakeEtcd:
                 del self.kv[key]
                 self.deleted.append(key)
 
+    def _reach(self) -> None:
+        if self.down:
+            raise Unavailable("UNAVAILABLE: no quorum")
+
     def grant(self, ttl: int) -> int:
+        self._reach()
         with self._lock:
             self._next_lease += 1
             self.leases[self._next_lease] = (ttl, self.clock() + ttl)
             return self._next_lease
 
     def revoke(self, lease: int) -> None:
+        self._reach()
         with self._lock:
             self.expire()
             if lease in self.leases:
                 self._drop(lease)
 
     def refresh_leases(self, ids: Iterable[int]) -> dict[int, int]:
+        self._reach()
         with self._lock:
             self.expire()
             out = {}
@@ -83,6 +91,7 @@ class FakeEtcd:
             return out
 
     def txn(self, guards: Iterable[Unchanged], ops: Iterable[Op]) -> tuple[bool, int]:
+        self._reach()
         ops = list(ops)
         assert not list(guards) and len(ops) <= MAX_TXN_OPS
         with self._lock:
@@ -104,6 +113,7 @@ class FakeEtcd:
                     if k.startswith(prefix)}, self.rev
 
     def revision(self) -> int:
+        self._reach()
         return self.rev
 
     # -- what a test reads -----------------------------------------------------------------
@@ -136,8 +146,8 @@ class Log:
 
 def daemon(etcd: FakeEtcd, clock: Clock, *, ttl: int = 30, interval: float = 10.0,
            log: Log | None = None) -> Heartbeat:
-    settings = Settings(("127.0.0.1:1",), ttl=ttl, interval=interval, timeout=1.0)
-    return Heartbeat(etcd, settings, Instruments(), log or Log(), clock=clock)  # type: ignore[arg-type]
+    settings = Settings(("127.0.0.1:1",), ttl=ttl, interval=interval, etcd_timeout=1.0)
+    return Heartbeat(etcd, settings, Metrics(), log or Log(), clock=clock)  # type: ignore[arg-type]
 
 
 def start(hb: Heartbeat, etcd: FakeEtcd, services: Iterable[str]) -> None:
@@ -320,40 +330,39 @@ def test_a_steady_beat_writes_one_put_per_service_and_reserves_once_per_block():
     assert all(any(p.key.endswith("/health") for p in ops) for ops in etcd.txns)
 
 
-# -- pure parts ----------------------------------------------------------------------------
+# -- outages and liveness ------------------------------------------------------------------
 
 
-def test_a_session_starts_above_both_the_key_count_and_the_reserved_count():
-    s = Session.start("a.b", NO_CHECK, "/k", Adoption(7, 41, "healthy", reserved=140))
-    assert (s.count, s.ceiling, s.adopted) == (140, 140, True)
-    assert s.next_count(100) == 241  # 141 is above what is reserved: reserve up to 241
-    s.reserved(241)
-    assert [s.next_count(100) for _ in range(3)] == [0, 0, 0]
-    s = Session.start("a.b", NO_CHECK, "/k", Adoption(7, 41, "healthy", reserved=0))
-    assert (s.count, s.ceiling) == (41, 0)
+def test_rounds_that_cannot_reach_etcd_back_off_and_liveness_says_why_until_one_does():
+    clock, etcd = world()
+    services = names(3)
+    hb = daemon(etcd, clock, ttl=30, interval=10)
+    start(hb, etcd, services)
+    run_for(hb, etcd, clock, 10.0)
+    assert hb.liveness()[0]
+    before = {ns: etcd.count(ns) for ns in services}
+    etcd.down = True
+    run_for(hb, etcd, clock, 20.0)
+    ok, detail = hb.liveness()
+    assert not ok and "no quorum" in detail["error"] and detail["services"] == 3
+    failed = hb.metrics.rounds_failed._value.get()
+    assert 1 <= failed < 50, "capped backoff, not a retry every tick (200 ticks)"
+    etcd.down = False
+    run_for(hb, etcd, clock, 6.0)  # within one backoff cap every key is written again
+    assert all(etcd.count(ns) > before[ns] for ns in services)
+    assert hb.liveness()[0]
 
 
-def test_reserved_counts_come_from_the_counts_keys_and_join_the_adoption_hints():
-    reserved = reserved_counts([
-        (keys.heartbeat_count("a.b"), b"300"),
-        (keys.heartbeat_count("gone.svc"), b"12"),
-        (keys.heartbeat_count("bad.value"), b"twelve"),
-        ("/chora/heartbeat/other", b"1"),
-    ])
-    assert reserved == {"a.b": 300, "gone.svc": 12}
-    hints = adoptions(
-        [("/chora/capabilities/a.b/health", b'{"heartbeat_count": 9}', 5)],
-        {"a.b": 300, "gone.svc": 12},
-    )
-    assert hints == {"a.b": Adoption(5, 9, None, 300), "gone.svc": Adoption(0, 0, None, 12)}
-
-
-def test_batches_hold_at_most_128_puts_and_never_split_a_record_from_its_reservation():
-    def item(n: int) -> Item:
-        return ((None, 0.0, None), [Put("/k", b"")] * n, 0)  # type: ignore[return-value]
-
-    items = [item(2) if i % 3 == 0 else item(1) for i in range(300)]
-    batches = pack(items)
-    assert [it for b in batches for it in b] == items
-    assert all(sum(len(it[1]) for it in b) <= MAX_TXN_OPS for b in batches)
-    assert len(pack([item(2)] * 64)) == 1 and len(pack([item(1)] + [item(2)] * 64)) == 2
+def test_with_no_service_to_beat_a_ping_once_per_interval_keeps_liveness_true():
+    clock, etcd = world()
+    hb = daemon(etcd, clock, ttl=30, interval=10)
+    assert not hb.liveness()[0], "nothing has reached etcd yet"
+    start(hb, etcd, [])
+    run_for(hb, etcd, clock, 0.2)
+    assert hb.liveness() == (True, {"services": 0, "seconds_since_etcd_reached": 0.2,
+                                    "error": None})
+    run_for(hb, etcd, clock, 25.0)
+    assert hb.liveness()[0], "pinged again within two intervals and a deadline"
+    etcd.down = True
+    run_for(hb, etcd, clock, 10.0)
+    assert hb.liveness()[0] is False
