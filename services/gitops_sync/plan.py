@@ -42,10 +42,6 @@ class Plan:
     refused_prunes: tuple[str, ...] = ()  # namespaces kept because the prune was too large
     refusal: str = ""
 
-    @property
-    def empty(self) -> bool:
-        return not self.changes
-
 
 @dataclass(frozen=True)
 class Policy:

@@ -35,7 +35,7 @@ def test_an_empty_store_gets_one_create_per_capability_guarded_by_absence():
 
 def test_nothing_differs_so_nothing_is_planned():
     desired = desired_for("a.b", "a.c")
-    assert make_plan(desired, actual_from(desired)).empty
+    assert not make_plan(desired, actual_from(desired)).changes
 
 
 def test_an_update_puts_only_the_keys_that_differ_guarded_by_their_revisions():
@@ -64,14 +64,14 @@ def test_a_removed_capability_is_pruned_but_health_and_foreign_keys_are_not():
 def test_a_capability_we_never_wrote_is_never_pruned():
     stranger = {keys.capability("x.y", "type"): b"service"}
     actual = actual_from(desired_for("a.b"), extra=stranger)
-    assert make_plan(desired_for("a.b"), actual).empty
+    assert not make_plan(desired_for("a.b"), actual).changes
 
 
 def test_a_broken_or_disputed_capability_keeps_its_last_good_state():
     actual = actual_from(desired_for("a.b", "a.c", "a.d"))
     # a.b's file is broken but still names a.b; a.c's file no longer parses at all.
     plan = make_plan(desired_for("a.d"), actual, keep={"a.b"}, broken_sources={"a.c.yaml"})
-    assert plan.empty
+    assert not plan.changes
 
 
 def test_pruning_more_than_half_is_refused_but_updates_still_go_through():
@@ -86,7 +86,7 @@ def test_pruning_more_than_half_is_refused_but_updates_still_go_through():
 
 def test_an_empty_directory_refuses_to_prune_everything():
     plan = make_plan({}, actual_from(desired_for("a.b", "a.c")))
-    assert plan.empty and plan.refusal
+    assert not plan.changes and plan.refusal
 
 
 def test_a_partial_scope_only_plans_its_namespaces():
@@ -162,4 +162,4 @@ def test_an_unowned_capability_is_never_pruned():
     handmade = {k.replace("a.b", "a.x"): v for k, v in desired["a.b"].items()
                 if not k.startswith(keys.SYNC_OWNED)}
     plan = make_plan({}, actual_from({}, extra=handmade), policy=Policy(allow_mass_prune=True))
-    assert plan.empty
+    assert not plan.changes
