@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from services.core import logs, signals
+from services.core import program, signals
 from services.core.options import add_etcd_flags, add_log_flags, add_serve_flags, env
 from services.core.store import parse_endpoints
 from services.gitops_sync.daemon import Daemon
@@ -92,17 +92,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_from(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    logs.configure(args.log_level, json=args.log_json)
-    try:
-        daemon = Daemon(settings)
-    except ValueError as exc:  # an endpoint that does not resolve, a port already taken
-        parser.error(str(exc))
+    args, daemon = program.start(build_parser(), argv, settings_from, Daemon)
     if args.once or args.dry_run:
         return daemon.once(dry_run=args.dry_run)
     signals.on_stop(daemon.stop, "gitops_sync")

@@ -8,10 +8,9 @@ import sys
 import threading
 import time
 
-from services.core import logs
+from services.core import logs, program
 from services.core.backoff import Backoff
 from services.core.errors import NoSpace, StoreError, Unavailable
-from services.core.httpd import MetricsServer
 from services.core.scanning import DirectoryMissing
 from services.core.store import Store
 from services.gitops_sync import loop
@@ -31,27 +30,19 @@ class Daemon:
     def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
         self.settings = settings
         self.log = logs.get("gitops_sync")
-        try:
-            self.store = store or Store(settings.endpoints, timeout=settings.etcd_timeout)
-        except (ValueError, OSError) as exc:
-            raise ValueError(f"--endpoints {','.join(settings.endpoints)}: {exc}") from exc
+        self.store = store or program.connect(settings.endpoints, settings.etcd_timeout)
         self._own_store = store is None
         self.metrics = Metrics()
         self.reconciler = Reconciler(
             settings.capabilities, self.store, policy=settings.policy, metrics=self.metrics
         )
         self.liveness = Liveness(stall_after=settings.stall_after)
-        self.httpd: MetricsServer | None = None
-        if settings.metrics_port is not None:
-            try:
-                self.httpd = MetricsServer(
-                    settings.metrics_port, self.liveness.check, host=settings.metrics_host,
-                    registry=self.metrics.registry,
-                )
-            except OSError as exc:
-                self.close()
-                raise ValueError(f"--metrics-port {settings.metrics_port} (--metrics-host "
-                                 f"{settings.metrics_host}): {exc}") from exc
+        try:
+            self.httpd = program.http_server(settings.metrics_port, settings.metrics_host,
+                                             self.liveness.check, self.metrics.registry)
+        except ValueError:
+            self.close()
+            raise
         self.stopping = threading.Event()
 
     def stop(self) -> None:

@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.core import logs, signals
+from services.core import program, signals
 from services.core.options import add_etcd_flags, add_log_flags, add_serve_flags, env, env_flag
 from services.core.store import parse_endpoints
 from services.heartbeat.daemon import Daemon
@@ -69,16 +69,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = settings_from(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    logs.configure(args.log_level, json=args.log_json)
-    try:
-        daemon = Daemon(settings)
-    except ValueError as exc:  # an endpoint that does not resolve, a port already taken
-        parser.error(str(exc))
+    _, daemon = program.start(build_parser(), argv, settings_from, Daemon)
     signals.on_stop(daemon.stop, "heartbeat")
     return daemon.run()

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import threading
 
-from services.core import logs
-from services.core.httpd import MetricsServer
+from services.core import logs, program
 from services.core.store import Store
 from services.heartbeat.discovering import DirectoryDiscovery, EtcdDiscovery
 from services.heartbeat.loop import Heartbeat
@@ -33,24 +32,16 @@ class Daemon:
     def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
         self.settings = settings
         self.log = logs.get("heartbeat")
-        try:
-            self.store = store or Store(settings.endpoints, timeout=settings.etcd_timeout)
-        except (ValueError, OSError) as exc:
-            raise ValueError(f"--endpoints {','.join(settings.endpoints)}: {exc}") from exc
+        self.store = store or program.connect(settings.endpoints, settings.etcd_timeout)
         self._own_store = store is None
         self.metrics = Metrics()
         self.loop = Heartbeat(self.store, settings, self.metrics, self.log)
-        self.httpd: MetricsServer | None = None
-        if settings.metrics_port is not None:
-            try:
-                self.httpd = MetricsServer(
-                    settings.metrics_port, self.loop.liveness, host=settings.metrics_host,
-                    registry=self.metrics.registry,
-                )
-            except OSError as exc:
-                self._close_store()
-                raise ValueError(f"--metrics-port {settings.metrics_port} (--metrics-host "
-                                 f"{settings.metrics_host}): {exc}") from exc
+        try:
+            self.httpd = program.http_server(settings.metrics_port, settings.metrics_host,
+                                             self.loop.liveness, self.metrics.registry)
+        except ValueError:
+            self._close_store()
+            raise
         if settings.capabilities_dir is not None:
             self.discovery: EtcdDiscovery | DirectoryDiscovery = DirectoryDiscovery(
                 self.store, settings.capabilities_dir, self.loop.update, self.log,
