@@ -30,7 +30,9 @@ class NoSpace(Unavailable):
     HOW_TO_CLEAR = (
         "etcd NOSPACE alarm: the database reached --quota-backend-bytes and etcd refuses "
         "writes. Free space, then disarm: etcdctl compact <current revision>; etcdctl "
-        "defrag --cluster; etcdctl alarm disarm (see infrastructure/etcd/README.md)"
+        "defrag --cluster; etcdctl alarm disarm. If live keys fill the quota, delete some "
+        "first with etcdctl del (a txn is refused over quota) or raise the quota (see "
+        "infrastructure/etcd/README.md)"
     )
 
     def __init__(self, detail: str = "") -> None:

@@ -293,11 +293,15 @@ class Store:
 
     # -- maintenance ---------------------------------------------------------------------
 
-    def alarms(self) -> list[str]:
+    def alarms(self, *, retry: bool = True) -> list[str]:
         """Alarms raised in the cluster, e.g. ``["NOSPACE"]``. The request goes through
-        raft, so an answer also proves that a quorum is there."""
+        raft, so an answer also proves that a quorum is there. ``retry=False`` makes it a
+        ping: one attempt, one deadline, rather than a read retried across members."""
         request = etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.GET)
-        resp = self._read(self.maintenance.Alarm, request)
+        if retry:
+            resp = self._read(self.maintenance.Alarm, request)
+        else:
+            resp = self.call(self.maintenance.Alarm, request)
         names = {a.alarm for a in resp.alarms}  # type: ignore[attr-defined]
         return sorted(etcdrpc.AlarmType.Name(n) for n in names if n)
 

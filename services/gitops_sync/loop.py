@@ -187,7 +187,7 @@ def _ping(reconciler: Reconciler, liveness: Liveness) -> bool:
     was_failing = bool(liveness.etcd_error)
     with liveness.running("etcd ping"):
         try:
-            alarms = reconciler.store.alarms()
+            alarms = reconciler.store.alarms(retry=False)
         except StoreError as exc:
             liveness.failed(str(exc) or type(exc).__name__)
             return False
