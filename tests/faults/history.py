@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from services.core import keys
-from services.core.errors import StoreError
 from services.core.store import Store
 
 ROOT = "/"  # every key the project writes starts with "/"
@@ -30,6 +29,7 @@ class RevisionClock:
 
     def __init__(self, endpoints: list[str], period: float = 0.1) -> None:
         self.samples: list[tuple[float, int]] = []
+        self.errors: list[str] = []  # the last few failed samples, for a failing test's message
         self._store = Store(endpoints, timeout=0.5)
         self._period = period
         self._stop = threading.Event()
@@ -40,11 +40,16 @@ class RevisionClock:
         while not self._stop.is_set():
             try:
                 rev = self._store.revision()
-            except StoreError:
+            except Exception as exc:
+                self.errors = [*self.errors[-4:], f"{type(exc).__name__}: {exc}"]
                 rev = 0
             if rev:
                 self.samples.append((time.monotonic(), rev))
             self._stop.wait(self._period)
+
+    def describe(self) -> str:
+        last = self.samples[-1] if self.samples else None
+        return f"clock: {len(self.samples)} samples, last {last}, errors {self.errors}"
 
     def time_of(self, revision: int) -> float | None:
         for t, rev in self.samples:
