@@ -1,7 +1,9 @@
-"""The etcd key layout (``shared/registry-contract.md`` section 2): a public contract.
+"""The etcd key layout (``shared/registry-contract.md`` sections 2 and 3): a public
+contract.
 
-Capability keys live under ``/chora/capabilities/{namespace}/``; each daemon's
-bookkeeping lives under its own prefix and never among a capability's keys.
+Capability keys live under ``/chora/capabilities/{namespace}/``, service instances under
+``/chora/services/{name}/{id}``; each daemon's bookkeeping lives under its own prefix and
+never among a capability's keys.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ HEARTBEAT = "/chora/heartbeat/"
 # One key per service the heartbeat ever beat, no lease (it outlives the health key): the
 # heartbeat_count reserved so far, so a restart or a rejoin never repeats a count.
 HEARTBEAT_COUNTS = HEARTBEAT + "counts/"
+# Service instances registered at run time (contract section 3): one key per instance,
+# on the instance's lease; the registry service owns this prefix alone.
+SERVICES = "/chora/services/"
 
 METADATA, TYPE, VERSION, DEPENDENCIES, MANIFEST = (
     "metadata",
@@ -39,6 +44,22 @@ def owned(namespace: str) -> str:
 
 def heartbeat_count(namespace: str) -> str:
     return HEARTBEAT_COUNTS + namespace
+
+
+def service(name: str, instance_id: str) -> str:
+    """``/chora/services/{name}/{id}``: one registered instance of service ``name``."""
+    return f"{SERVICES}{name}/{instance_id}"
+
+
+def split_service(key: str) -> tuple[str, str] | None:
+    """``/chora/services/orch/orch-1a2b3c4d`` → ``("orch", "orch-1a2b3c4d")``; None for
+    other keys (or deeper ones, which no registry writes)."""
+    if not key.startswith(SERVICES):
+        return None
+    name, sep, instance_id = key[len(SERVICES) :].partition("/")
+    if not (sep and name and instance_id) or "/" in instance_id:
+        return None
+    return name, instance_id
 
 
 def split(key: str) -> tuple[str, str] | None:
