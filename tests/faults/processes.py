@@ -5,8 +5,6 @@ own process groups (so kill -9 and SIGSTOP reach exactly them), their /healthz a
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import select
@@ -26,15 +24,6 @@ _SCRUB = (
     "PRUNE_WINDOW", "HEARTBEAT_TTL", "HEARTBEAT_INTERVAL", "HEARTBEAT_RESYNC", "ETCD_TIMEOUT",
     "HEARTBEAT_REVOKE_ON_EXIT", "METRICS_HOST",
 )
-
-def die_with_parent() -> None:
-    """Runs in the child before exec: the kernel SIGKILLs the daemon when the test process
-    dies. Found the hard way: a crashed xdist worker left a heartbeat daemon retrying its
-    dead cluster's ports for an hour, and it wrote its services into a later test's
-    cluster that happened to get one of those ports."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
 
 class LogPipe:
     """A daemon's stderr through a pipe we drain into its log file, and can stop draining.
@@ -134,7 +123,7 @@ class Daemon:
                 stderr = subprocess.STDOUT
             self.proc = subprocess.Popen(
                 self.argv, cwd=REPO, env=env, stdout=log, stderr=stderr,
-                start_new_session=True, preexec_fn=die_with_parent,
+                start_new_session=True,
             )
         return self
 
