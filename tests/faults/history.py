@@ -10,11 +10,14 @@ keys expired, and how long until things were right again.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import httpx
 
 from services.core import keys
 from services.core.store import Store
@@ -25,23 +28,39 @@ ROOT = "/"  # every key the project writes starts with "/"
 class RevisionClock:
     """(monotonic time, cluster revision) samples taken every ``period`` seconds, so a
     revision found by the replay can be given a time: the first sample that had reached
-    it is an upper bound on when it was committed (error: one period plus one read)."""
+    it is an upper bound on when it was committed (error: one period plus one read).
+
+    Sampled over etcd's HTTP gateway, one short request at a time, rotating through the
+    members: no gRPC channel whose state a fault could leave stuck (a clock that stopped
+    at the outage once turned every health gap into "never back")."""
 
     def __init__(self, endpoints: list[str], period: float = 0.1) -> None:
         self.samples: list[tuple[float, int]] = []
         self.errors: list[str] = []  # the last few failed samples, for a failing test's message
-        self._store = Store(endpoints, timeout=0.5)
+        self.failures = 0
+        self._urls = [f"http://{e}/v3/kv/range" for e in endpoints]
+        self._http = httpx.Client(timeout=0.5)
         self._period = period
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="revision-clock", daemon=True)
         self._thread.start()
 
+    def _revision(self, url: str) -> int:
+        # A linearizable range of one (absent) key: its header is the cluster revision.
+        resp = self._http.post(url, json={"key": base64.b64encode(b"\0").decode(), "limit": 1})
+        resp.raise_for_status()
+        return int(resp.json()["header"]["revision"])
+
     def _run(self) -> None:
+        turn = 0
         while not self._stop.is_set():
+            url = self._urls[turn % len(self._urls)]
             try:
-                rev = self._store.revision()
-            except Exception as exc:
-                self.errors = [*self.errors[-4:], f"{type(exc).__name__}: {exc}"]
+                rev = self._revision(url)
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                self.failures += 1
+                self.errors = [*self.errors[-4:], f"{url}: {type(exc).__name__}: {exc}"]
+                turn += 1  # try the next member
                 rev = 0
             if rev:
                 self.samples.append((time.monotonic(), rev))
@@ -49,7 +68,9 @@ class RevisionClock:
 
     def describe(self) -> str:
         last = self.samples[-1] if self.samples else None
-        return f"clock: {len(self.samples)} samples, last {last}, errors {self.errors}"
+        age = f"{time.monotonic() - last[0]:.1f} s ago" if last else "never"
+        return (f"clock: {len(self.samples)} samples, last {last} ({age}), "
+                f"{self.failures} failed, latest errors {self.errors}")
 
     def time_of(self, revision: int) -> float | None:
         for t, rev in self.samples:
@@ -60,7 +81,7 @@ class RevisionClock:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        self._store.close()
+        self._http.close()
 
 
 # -- replay --------------------------------------------------------------------------------
