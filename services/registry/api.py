@@ -270,7 +270,6 @@ def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
         metrics.revision.set(view.revision)
         metrics.degraded.set(1 if view.degraded else 0)
         metrics.ready.set(1 if view.ready else 0)
-        metrics.spare_leases.set(len(instances.leases))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST,
                         headers=_headers(hub))
 

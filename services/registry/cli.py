@@ -75,10 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="changes kept for change-stream clients that reconnect with "
                         "Last-Event-ID; further behind, they get a resync event (env "
                         "REGISTRY_WATCH_RING; default %(default)s)")
-    p.add_argument("--lease-pool", type=int, default=env("REGISTRY_LEASE_POOL", 16, int),
-                   help="leases granted ahead of time and kept alive, so a register is "
-                        "one etcd write instead of two; 0 grants each on the register's "
-                        "path (env REGISTRY_LEASE_POOL; default %(default)s)")
     add_log_flags(p)
     return p
 
@@ -94,7 +90,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         etcd_timeout=args.etcd_timeout,
         resync=args.resync,
         watch_ring=args.watch_ring,
-        lease_pool=args.lease_pool,
     )
 
 

@@ -4,12 +4,11 @@ event loop (uvloop, httptools), and stops them in order with a bound on each ste
 
 Shutdown order, and why: the HTTP server stops accepting first; the change streams are
 closed at once (they would otherwise hold the server open until its grace period
-ends); open requests get ``shutdown_timeout`` to finish; then the status writer and
-the lease pool are cancelled and the pool's waiting leases revoked; the follower and
-quorum check are stopped and joined (bounded: abandoned after ``shutdown_timeout``,
-they are daemon threads), and the store is closed last,
-since every step before may still talk to etcd. Nothing of an instance is revoked or
-rewritten at exit: the instances' leases live on in etcd, so a restart loses nothing.
+ends); open requests get ``shutdown_timeout`` to finish; then the status writer is
+cancelled, the follower and quorum check are stopped and joined (bounded: abandoned
+after ``shutdown_timeout``, they are daemon threads), and the store is closed last,
+since every step before may still talk to etcd. Nothing is revoked or rewritten at
+exit: the instances' leases live on in etcd, so a restart loses nothing.
 """
 
 from __future__ import annotations
@@ -130,17 +129,15 @@ class Daemon:
         self.hub.bind(asyncio.get_running_loop())
         self.follower.start()
         self.check.start()
-        tasks = [asyncio.create_task(self.writer.run(), name="status-writer"),
-                 asyncio.create_task(self.instances.leases.run(), name="lease-pool"),
-                 asyncio.create_task(self._stop_when_asked(), name="stop-request")]
+        writer = asyncio.create_task(self.writer.run(), name="status-writer")
+        asked = asyncio.create_task(self._stop_when_asked(), name="stop-request")
         try:
             await self.server.serve(sockets=[self.socket])
         finally:
             self.hub.close_streams()
-            for task in tasks:
+            for task in (asked, writer):
                 task.cancel()
-            await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout)
-            await self.instances.leases.close(self.settings.shutdown_timeout)
+            await asyncio.wait([asked, writer], timeout=self.settings.shutdown_timeout)
             self.follower.stop()
             self.check.stop()
             await asyncio.to_thread(self._join_threads)

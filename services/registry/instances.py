@@ -2,10 +2,8 @@
 clients, each a few etcd calls made in a thread (the store is synchronous gRPC), never
 on the event loop.
 
-- register: a lease of ``removal_timeout`` seconds (granted ahead of time and renewed
-  at hand-out, ``leasepool.py``: one raft write per register), then the record put on
-  it in a txn guarded by "key absent"; etcd, not this process, removes a silent
-  instance.
+- register: a lease of ``removal_timeout`` seconds, then the record put on it in a txn
+  guarded by "key absent"; etcd, not this process, removes a silent instance.
 - heartbeat: ONE lease keep-alive (heartbeats arriving together share a stream,
   ``keepalives.py``), nothing written, unless the stored status is
   ``unhealthy`` (then the record goes back to ``up``, guarded by its mod revision). A
@@ -33,7 +31,6 @@ from services.core.kv import Delete, Put, Unchanged
 from services.core.store import Store
 from services.registry.hub import Hub
 from services.registry.keepalives import KeepAlives
-from services.registry.leasepool import LeasePool
 from services.registry.metrics import Metrics
 from services.registry.records import (
     ServiceCreate,
@@ -66,12 +63,6 @@ class Instances:
         self.metrics, self.log = metrics, log
         self.limiter = anyio.CapacityLimiter(settings.etcd_workers)
         self.keepalives = KeepAlives(self._refresh)
-        self.leases = LeasePool(self._grant, self._revoke_quietly, self.keepalives,
-                                ttl=settings.removal_timeout, size=settings.lease_pool,
-                                log=log)
-
-    async def _grant(self) -> int:
-        return await self._etcd(self.store.grant, self.settings.removal_timeout)
 
     async def _refresh(self, leases: Sequence[int]) -> dict[int, int]:
         return await self._etcd(self.store.refresh_leases, leases)
@@ -106,7 +97,7 @@ class Instances:
             instance_id = new_id(body.name)
             key = keys.service(body.name, instance_id)
             record = build_record(body, instance_id, iso())
-            lease = await self.leases.take()
+            lease = await self._etcd(self.store.grant, s.removal_timeout)
             try:
                 ok, revision = await self._etcd(
                     self.store.txn, [Unchanged(key, 0)], [Put(key, encode(record), lease)])

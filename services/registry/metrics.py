@@ -47,10 +47,6 @@ class Metrics:
         self.keepalives = Counter(
             "chora_registry_keepalives_total", "Heartbeats forwarded as one lease keep-alive",
             ["result"], registry=r)
-        self.spare_leases = Gauge(
-            "chora_registry_spare_leases", "Leases granted ahead and kept alive, so a "
-            "register is one etcd write (below --lease-pool: refilling, or etcd refusing)",
-            registry=r)
         self.lease_lookups = Counter(
             "chora_registry_lease_lookups_total",
             "Remaining-TTL lookups before marking an instance unhealthy", registry=r)

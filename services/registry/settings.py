@@ -37,9 +37,6 @@ class Settings:
     replaced by a full re-read (a member cut off from the majority stays silent)."""
     etcd_workers: int = 32
     """Threads making etcd calls for requests (the store is synchronous)."""
-    lease_pool: int = 16
-    """Leases granted ahead of time and kept alive, so a register is one raft write
-    (0: grant each on the register's path)."""
     lookup_workers: int = 8
     """Threads looking up remaining lease TTLs for the status writer."""
     stream_ping: float = 15.0
@@ -61,8 +58,6 @@ class Settings:
                 "unhealthy before it is removed")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port {self.port} is not a TCP port")
-        if self.lease_pool < 0:
-            raise ValueError("--lease-pool must be 0 or more")
         if self.watch_ring < 1:
             raise ValueError("--watch-ring must be at least 1")
         for name in ("etcd_timeout", "resync", "quorum_check", "stall_after"):

@@ -135,27 +135,6 @@ def test_a_silent_instance_goes_up_then_unhealthy_then_removed_on_time(store, et
         assert reg.http.put(f"/v1/services/quiet/{iid}/heartbeat").status_code == 404
 
 
-def test_a_register_takes_a_lease_granted_ahead_and_it_still_gets_the_whole_removal_timeout(
-    store, etcd
-):
-    with serving(etcd.endpoints, heartbeat_timeout=10, removal_timeout=30, lease_pool=3) as reg:
-        pool = reg.daemon.instances.leases
-        wait_for(lambda: len(pool) == 3, timeout=10, what="three leases waiting")
-        waiting = pool.waiting()
-        wait_for(lambda: all(store.lease_ttl(lease) <= 27 for lease in waiting), timeout=10,
-                 what="the waiting leases aged by 3 s")
-        iid = reg.register("pooled")
-        lease = stored(store, "pooled", iid)["_lease"]
-        assert lease in waiting, "the register granted a lease of its own"
-        assert store.lease_ttl(lease) >= 29, "handed out without being renewed"
-        wait_for(lambda: len(pool) == 3, timeout=10, what="the pool refilled")
-        assert 'chora_registry_spare_leases 3.0' in reg.http.get("/metrics").text
-        left = pool.waiting()
-    # A clean stop revokes the leases still waiting; the instance's lives on.
-    assert [store.lease_ttl(lease) for lease in left] == [-1] * 3
-    assert store.lease_ttl(lease) > 0
-
-
 def test_a_heartbeat_makes_an_unhealthy_instance_up_again(store, etcd):
     with serving(etcd.endpoints, heartbeat_timeout=1, removal_timeout=8) as reg:
         iid = reg.register("sleepy")
