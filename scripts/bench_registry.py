@@ -741,8 +741,10 @@ def report(results: dict[str, Result], args: argparse.Namespace, loads: tuple[st
     n = args.instances
     row(f"register p50 ({n:,}, {args.write_concurrency} at a time)",
         lambda r: ms(pct(r.register, 50)))
-    row("register p99", lambda r: ms(pct(r.register, 99)),
-        goal("≤ 20 ms", ours and pct(ours.register, 99) <= 0.020))
+    # The goal is the seed's pilot figure, taken one registration at a time (below); at
+    # several in flight it is a stress figure, judged against the same bound for reference.
+    row("register p99 (stress: several in flight)", lambda r: ms(pct(r.register, 99)),
+        goal("20 ms for reference", ours and pct(ours.register, 99) <= 0.020))
     row(f"register p50, one at a time ({args.watch_samples}, heartbeats running)",
         lambda r: ms(pct(r.register_alone, 50)))
     row("register p99, one at a time", lambda r: ms(pct(r.register_alone, 99)),
