@@ -16,13 +16,13 @@ up: $(STAMP)  ## three local etcd members on the seed's ports, both daemons, the
 	$(PY) scripts/up.py
 
 test: $(STAMP)  ## lint + the whole suite (unit, integration against real etcd, static checks) + the fault matrix
-	$(PY) -m ruff check services chora_manifest_client scripts tests infrastructure
+	$(PY) -m ruff check services chora_manifest_client chora_manifests scripts tests infrastructure
 	$(VENV)/bin/lint-imports  # the layer contracts in pyproject.toml
 	$(PY) -m pytest -m "not fault"
 	$(PY) -m pytest -m fault -n 3  # tests/faults: a fresh cluster per scenario, 3 at a time; table: scripts/fault_table.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check services chora_manifest_client scripts tests infrastructure
+	$(PY) -m ruff check services chora_manifest_client chora_manifests scripts tests infrastructure
 	$(VENV)/bin/lint-imports
 
 e2e: $(STAMP)  ## the seed's four checks against the running `make up` cluster

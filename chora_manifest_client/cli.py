@@ -20,7 +20,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from chora_manifest_client import deps, render
+from chora_manifest_client import authoring, render
 from chora_manifest_client.client import ManifestClient
 from chora_manifest_client.endpoints import DEFAULT_URL
 from chora_manifest_client.errors import (
@@ -30,14 +30,17 @@ from chora_manifest_client.errors import (
     RegistryUnavailableError,
 )
 from chora_manifest_client.events import RESYNC, WatchEvent
+from chora_manifests import dependencies as deps
 
 EXIT_NOT_FOUND = 1
 EXIT_UNREACHABLE = 2
 
 app = typer.Typer(
     name="manifest",
-    help="Query the chora registry (SAP-044): services, capabilities, dependencies.\n\n"
-         "Exit codes: 0 ok, 1 not found, 2 registry unreachable.",
+    help="Query the chora registry (SAP-044): services, capabilities, dependencies; "
+         "and check manifests before committing them (validate, schema: offline).\n\n"
+         "Exit codes: 0 ok, 1 not found (validate: problems found), 2 registry "
+         "unreachable (validate: no such path).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -301,6 +304,9 @@ def dependents(
         console.print(render.instances(instances, title=f"instances that depend on {namespace}"))
     else:
         typer.echo(f"no service instance depends on {namespace}")
+
+
+authoring.register(app)  # validate, schema: offline, for people writing manifests
 
 
 if __name__ == "__main__":

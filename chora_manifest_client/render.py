@@ -14,8 +14,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from chora_manifest_client import deps, records
+from chora_manifest_client import records
 from chora_manifest_client.events import RESYNC, WatchEvent
+from chora_manifests import dependencies as deps
 
 STATUS_STYLE = {"up": "green", "unhealthy": "yellow", "unknown": "magenta", "down": "red",
                 "healthy": "green", "degraded": "yellow"}

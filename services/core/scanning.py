@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.core import manifests
-from services.core.manifests import Capability, ManifestError
+import chora_manifests as manifests
+from chora_manifests import Capability, ManifestError
 
 Derive = Callable[[Capability], Any]  # module-level, so the parsing pool can pickle it
 

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from chora_manifests import Capability, ManifestError
 from services.core import keys
 from services.core.kv import MAX_REQUEST_BYTES
-from services.core.manifests import Capability, ManifestError
 
 Desired = dict[str, bytes]  # key → value, for one capability
 

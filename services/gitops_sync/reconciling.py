@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chora_manifests import ManifestError
 from services.core import keys, logs
 from services.core.kv import MAX_REQUEST_BYTES, MAX_TXN_OPS, Delete, Put, Unchanged
-from services.core.manifests import ManifestError
 from services.core.scanning import Index, Resolved
 from services.core.store import Store
 from services.gitops_sync.metrics import Metrics

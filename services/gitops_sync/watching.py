@@ -16,7 +16,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from services.core import manifests
+import chora_manifests as manifests
 
 RESCAN = "*"  # a batch holding this asks for a full reconcile (a directory changed)
 

@@ -13,10 +13,10 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from chora_manifests import Capability
 from services.core import keys
 from services.core.backoff import Backoff
 from services.core.errors import Compacted, StoreError
-from services.core.manifests import Capability
 from services.core.scanning import DirectoryMissing, Index
 from services.core.store import Store
 from services.heartbeat.catalog import Adoption, Mirror, adoptions, reserved_counts

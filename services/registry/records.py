@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from services.core.manifests import check_namespace
+from chora_manifests import check_namespace
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 NAME_RULE = "lowercase [a-z0-9][a-z0-9._-]{0,62} (1 to 63 characters) without '..'"

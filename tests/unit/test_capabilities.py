@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.core.manifests import Capability, is_manifest_name, load
+from chora_manifests import Capability, is_manifest_name, load
 
 ROOT = Path(__file__).resolve().parents[2] / "capabilities"
 REQUIRED_SERVICES = ("chora.devex.registry", "chora.awareness.sap_self_evaluation")

@@ -365,6 +365,21 @@ def test_dockerfile_installs_dependencies_before_copying_code():
     assert "--no-cache-dir" in lines[install]
 
 
+def test_the_image_carries_every_first_party_package_the_programs_import():
+    imported = set()
+    for path in (REPO / "services").rglob("*.py"):
+        for match in re.finditer(r"^\s*(?:from|import) (\w+)", path.read_text(), re.M):
+            if (REPO / match.group(1) / "__init__.py").exists():
+                imported.add(match.group(1))
+    assert imported >= {"services", "chora_manifests"}
+    copied = {line.split()[1].rstrip("/") for line in _instructions("base")
+              if line.startswith("COPY ")}
+    ignore = (INFRA / "Dockerfile.dockerignore").read_text().split()
+    for package in sorted(imported):
+        assert package in copied, f"the Dockerfile does not COPY {package}/"
+        assert f"!{package}/" in ignore, f"Dockerfile.dockerignore leaves {package}/ out"
+
+
 def _requirements() -> dict[str, str]:
     pins = {}
     for line in REQUIREMENTS.read_text().splitlines():

@@ -1,6 +1,6 @@
+from chora_manifests import from_document, parse_yaml
 from services.core import keys
 from services.core.kv import Delete, KeyValue, Put, Unchanged
-from services.core.manifests import from_document, parse_yaml
 from services.gitops_sync.plan import Actual, Policy, PruneWindow, make_plan, unowned_namespaces
 from services.gitops_sync.projection import project
 from tests.manifests import manifest

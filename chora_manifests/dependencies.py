@@ -1,4 +1,6 @@
-"""Capability dependencies checked against what the registry holds. Pure: no I/O.
+"""Capability dependencies checked against what the registry (or a directory of
+manifests) holds. Pure: no I/O. ``manifest deps`` asks it about the registry,
+``manifest validate`` about the files about to be committed: one set of rules.
 
 Each capability declares ``dependencies`` (contract section 2): ``{capability, version,
 relationship}`` where ``version`` is an npm-style range (``^1.0.0``, ``~1.2``,
@@ -163,6 +165,39 @@ def tree(capabilities: Mapping[str, Capability], root: str) -> Report:
         raise KeyError(root)
     top = walk(root, None, ())
     return Report(top, tuple(cycles), counts)
+
+
+def cycles(capabilities: Mapping[str, Capability]) -> list[tuple[str, ...]]:
+    """Every dependency cycle among ``capabilities`` (each once, whichever member it is
+    entered at; at least one per strongly connected group), by a depth-first walk that
+    is linear in the number of requirements."""
+    found: list[tuple[str, ...]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in sorted(capabilities):
+        if start in state:
+            continue
+        path: list[str] = [start]
+        state[start] = 1
+        stack = [iter(_targets(capabilities, start))]
+        while stack:
+            target = next(stack[-1], None)
+            if target is None:
+                state[path.pop()] = 2
+                stack.pop()
+                continue
+            if state.get(target) == 1:
+                cycle = (*path[path.index(target):], target)
+                if not any(_same_cycle(cycle, known) for known in found):
+                    found.append(cycle)
+            elif target not in state and target in capabilities:
+                state[target] = 1
+                path.append(target)
+                stack.append(iter(_targets(capabilities, target)))
+    return found
+
+
+def _targets(capabilities: Mapping[str, Capability], namespace: str) -> list[str]:
+    return sorted({d.capability for d in capabilities[namespace].dependencies})
 
 
 def _same_cycle(a: tuple[str, ...], b: tuple[str, ...]) -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from chora_manifest_client import deps
-from chora_manifest_client.deps import Capability, Dependency
+from chora_manifests import dependencies as deps
+from chora_manifests.dependencies import Capability, Dependency
 
 
 def caps(*views: dict) -> dict[str, Capability]:
