@@ -15,6 +15,7 @@ from chora_manifest_client.client import ManifestClient
 from chora_manifest_client.endpoints import DEFAULT_URL
 from chora_manifest_client.errors import (
     CapabilityNotFoundError,
+    ManifestAuthError,
     ManifestError,
     NotFoundError,
     RegistryUnavailableError,
@@ -29,6 +30,7 @@ __all__ = [
     "AsyncHeartbeat",
     "CapabilityNotFoundError",
     "Heartbeat",
+    "ManifestAuthError",
     "ManifestClient",
     "ManifestError",
     "NotFoundError",

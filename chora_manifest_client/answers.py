@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from chora_manifest_client.errors import ManifestError, NotFoundError
+from chora_manifest_client.errors import ManifestAuthError, ManifestError, NotFoundError
 
 INDEX_HEADER = "X-Registry-Index"
 
@@ -39,6 +39,8 @@ def is_server_failure(response: httpx.Response) -> bool:
 
 def describe(exc: httpx.TransportError) -> str:
     text = str(exc) or type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        text += " (pass the registry's CA bundle: cacert= or MANIFEST_CACERT)"
     return f"{type(exc).__name__}: {text}"
 
 
@@ -83,7 +85,15 @@ def check(response: httpx.Response, *, expect: tuple[int, ...], what: str,
         said = detail(response)
         raise not_found(said if "not found" in said else f"{what}: not found ({said})",
                         status_code=code)
-    raise ManifestError(f"{what}: HTTP {code}: {detail(response)}", status_code=code)
+    raise refusal(response, what)
+
+
+def refusal(response: httpx.Response, what: str) -> ManifestError:
+    """The error for an unexpected 4xx: ``ManifestAuthError`` for 401 and 403 (the
+    registry's detail names the scope needed), ``ManifestError`` otherwise."""
+    code = response.status_code
+    kind = ManifestAuthError if code in (401, 403) else ManifestError
+    return kind(f"{what}: HTTP {code}: {detail(response)}", status_code=code)
 
 
 def json_body(response: httpx.Response, what: str) -> Any:

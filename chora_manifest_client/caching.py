@@ -30,6 +30,7 @@ import httpx
 
 from chora_manifest_client import operations, records
 from chora_manifest_client.errors import (
+    ManifestAuthError,
     ManifestError,
     RegistryUnavailableError,
     ServiceNotFoundError,
@@ -48,7 +49,8 @@ class ServiceCache:
     """A live local copy of the registry's instances. Lookups never touch the network.
 
     ``start(timeout)`` returns once the first full list is loaded (or raises
-    ``RegistryUnavailableError`` if none could be within ``timeout``)."""
+    ``RegistryUnavailableError`` if none could be within ``timeout``, and at once
+    ``ManifestAuthError`` if the registry refuses the token: waiting would not help)."""
 
     def __init__(self, client: ManifestClient, *, idle_timeout: float = 45.0,
                  max_backoff: float = 2.0) -> None:
@@ -57,6 +59,8 @@ class ServiceCache:
         self.max_backoff = max_backoff
         self._instances = Instances()
         self._ready = threading.Event()
+        self._settled = threading.Event()  # loaded, or refused before the first load
+        self._refused: ManifestAuthError | None = None
         self._connected = threading.Event()
         self._changed = threading.Condition()
         self._backoff = Backoff(cap=max_backoff)
@@ -130,8 +134,11 @@ class ServiceCache:
             self._thread = threading.Thread(target=main, name="manifest-cache", daemon=True)
             self._thread.start()
             started.wait(5)
-        if not self._ready.wait(timeout):
+        self._settled.wait(timeout)
+        if not self._ready.is_set():
             self.close()
+            if self._refused is not None:
+                raise self._refused
             raise RegistryUnavailableError(
                 f"cache: no full list within {timeout}s ({self.last_error})")
         return self
@@ -151,8 +158,10 @@ class ServiceCache:
             self._task = asyncio.create_task(self._main(None), name="manifest-cache")
         deadline = time.monotonic() + timeout
         while not self._ready.is_set():
-            if time.monotonic() > deadline:
+            if self._refused is not None or time.monotonic() > deadline:
                 await self.aclose()
+                if self._refused is not None:
+                    raise self._refused
                 raise RegistryUnavailableError(
                     f"cache: no full list within {timeout}s ({self.last_error})")
             await asyncio.sleep(0.02)
@@ -185,7 +194,7 @@ class ServiceCache:
         if started is not None:
             started.set()
         c = self.client
-        async with httpx.AsyncClient(timeout=c.timeout, headers=c.headers,
+        async with httpx.AsyncClient(**c.http_options(),
                                      transport=c._async_transport) as http:
             try:
                 while True:
@@ -193,6 +202,9 @@ class ServiceCache:
                         await self._follow(http)
                     except (ManifestError, httpx.HTTPError) as exc:
                         self.last_error = str(exc)
+                        if isinstance(exc, ManifestAuthError) and not self._ready.is_set():
+                            self._refused = exc
+                            self._settled.set()
                         log.warning("cache: registry unreachable, serving the last known "
                                     "state (%d instances): %s", len(self), exc)
                     self._set_connected(False)
@@ -207,6 +219,7 @@ class ServiceCache:
         items, index = op.read(await self.client.send_async(op.call, http=http))
         self._changed_by(self._instances.replace(items, index))
         self._ready.set()
+        self._settled.set()
         async for event in watch_async(self.client, since=self._instances.revision,
                                        reconnect=False, idle_timeout=self.idle_timeout,
                                        http=http, on_connect=self._on_connect):

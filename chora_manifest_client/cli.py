@@ -1,9 +1,11 @@
 """``manifest``: the registry from a terminal (seed 000's CLI, plus watch and dependencies).
 
 Tables for people, ``-o json`` for scripts. Exit codes: 0 done, 1 not found (or the
-registry refused the request), 2 registry unreachable (no URL answered) or a bad
-``--url``; the error is one line on stderr. ``MANIFEST_URL`` (one URL or several,
-comma-separated, tried in turn) defaults to http://localhost:8500.
+registry refused the request or the token), 2 registry unreachable (no URL answered)
+or a bad ``--url`` / ``--cacert``; the error is one line on stderr. ``MANIFEST_URL``
+(one URL or several, comma-separated, tried in turn) defaults to http://localhost:8500;
+``MANIFEST_TOKEN`` (or ``MANIFEST_AUTH_TOKEN``) is the bearer token, ``MANIFEST_CACERT``
+the CA bundle for https URLs.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from rich.console import Console
 
 from chora_manifest_client import authoring, render
 from chora_manifest_client.client import ManifestClient
+from chora_manifest_client.credentials import CACERT_VAR, TOKEN_VARS
 from chora_manifest_client.endpoints import DEFAULT_URL
 from chora_manifest_client.errors import (
     CapabilityNotFoundError,
+    ManifestAuthError,
     ManifestError,
     NotFoundError,
     RegistryUnavailableError,
@@ -39,7 +43,7 @@ app = typer.Typer(
     name="manifest",
     help="Query the chora registry (SAP-044): services, capabilities, dependencies; "
          "and check manifests before committing them (validate, schema: offline).\n\n"
-         "Exit codes: 0 ok, 1 not found (validate: problems found), 2 registry "
+         "Exit codes: 0 ok, 1 not found or refused (validate: problems found), 2 registry "
          "unreachable (validate: no such path).",
     no_args_is_help=True,
     add_completion=False,
@@ -66,6 +70,7 @@ class Settings:
     url: str
     timeout: float
     token: str | None
+    cacert: str | None = None
 
 
 def _console() -> Console:
@@ -84,12 +89,19 @@ def _client(ctx: typer.Context) -> Iterator[ManifestClient]:
     settings: Settings = ctx.obj
     try:
         client = ManifestClient(settings.url, auth_token=settings.token,
-                                timeout=settings.timeout)
+                                timeout=settings.timeout, cacert=settings.cacert)
     except ValueError as exc:
-        _fail(f"--url / MANIFEST_URL: {exc}", EXIT_UNREACHABLE)
+        said = str(exc)
+        flag = ("--cacert / MANIFEST_CACERT" if said.startswith("cacert")
+                else "--token / MANIFEST_TOKEN" if said.startswith("auth_token")
+                else "--url / MANIFEST_URL")
+        _fail(f"{flag}: {said}", EXIT_UNREACHABLE)
     try:
         with client:
             yield client
+    except ManifestAuthError as exc:
+        hint = " (set MANIFEST_TOKEN or --token)" if exc.status_code == 401 else ""
+        _fail(f"the registry refused: {exc}{hint}", EXIT_NOT_FOUND)
     except NotFoundError as exc:
         _fail(str(exc), EXIT_NOT_FOUND)
     except RegistryUnavailableError as exc:
@@ -110,11 +122,14 @@ def main(
         help="Registry URL; several comma-separated are tried in turn.")] = DEFAULT_URL,
     timeout: Annotated[float, typer.Option(help="Seconds per request to one URL.")] = 5.0,
     token: Annotated[str | None, typer.Option(
-        envvar="MANIFEST_AUTH_TOKEN", help="Bearer token, if the registry wants one.",
-        show_default=False)] = None,
+        envvar=list(TOKEN_VARS), help="Bearer token, if the registry wants one "
+        "(MANIFEST_AUTH_TOKEN is read too).", show_default=False)] = None,
+    cacert: Annotated[str | None, typer.Option(
+        envvar=CACERT_VAR, help="PEM CA bundle to verify https registry URLs with "
+        "(default: the system's trust store).", show_default=False)] = None,
 ) -> None:
     """Query the chora registry (SAP-044)."""
-    ctx.obj = Settings(url, timeout, token)
+    ctx.obj = Settings(url, timeout, token, cacert)
 
 
 @app.command("list")

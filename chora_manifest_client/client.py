@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from chora_manifest_client import answers, operations
+from chora_manifest_client import answers, credentials, operations
+from chora_manifest_client.credentials import PathLike
 from chora_manifest_client.endpoints import DEFAULT_URL, Endpoints
 from chora_manifest_client.errors import RegistryUnavailableError
 from chora_manifest_client.operations import Op, Record, Registration
@@ -35,7 +37,10 @@ class ManifestClient:
     ``manifest_url`` is one URL, several as a list, or a comma-separated string
     (``MANIFEST_URL="http://a:8500,http://b:8500"``). ``timeout`` bounds each request to
     one URL; ``retries`` is how many more rounds over all URLs to try (with a short
-    backoff) before raising ``RegistryUnavailableError``. ``transport`` /
+    backoff) before raising ``RegistryUnavailableError``. ``auth_token`` is sent as
+    ``Authorization: Bearer``; a registry with a token file answers 401 / 403, raised as
+    ``ManifestAuthError`` with the registry's reason. ``cacert`` is a PEM CA bundle to
+    verify ``https://`` URLs with (default: the system's trust store). ``transport`` /
     ``async_transport`` replace the network (``httpx.MockTransport`` in tests).
     """
 
@@ -46,15 +51,18 @@ class ManifestClient:
         timeout: float = 5.0,
         retries: int = 0,
         *,
+        cacert: PathLike | None = None,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.endpoints = Endpoints(manifest_url)
         self.timeout = timeout
         self.retries = max(0, retries)
-        self.headers = {"Accept": "application/json"}
-        if auth_token:
-            self.headers["Authorization"] = f"Bearer {auth_token}"
+        self.headers = {"Accept": "application/json", **credentials.bearer(auth_token)}
+        self.cacert = cacert
+        # Built once and shared by every connection (sync, async, the cache's): checked
+        # now when a bundle is given, so a wrong path fails here and not on a call.
+        self._tls = credentials.tls_context(cacert) if cacert is not None else None
         self._transport = transport
         if async_transport is None and isinstance(transport, httpx.AsyncBaseTransport):
             async_transport = transport  # MockTransport serves both
@@ -68,8 +76,11 @@ class ManifestClient:
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> ManifestClient:
-        """``MANIFEST_URL`` (default http://localhost:8500) and ``MANIFEST_AUTH_TOKEN``."""
-        kwargs.setdefault("auth_token", os.environ.get("MANIFEST_AUTH_TOKEN") or None)
+        """``MANIFEST_URL`` (default http://localhost:8500), ``MANIFEST_TOKEN`` (or its
+        older name ``MANIFEST_AUTH_TOKEN``) and ``MANIFEST_CACERT``; keyword arguments
+        win over the environment."""
+        kwargs.setdefault("auth_token", credentials.token_from_env())
+        kwargs.setdefault("cacert", credentials.cacert_from_env())
         return cls(os.environ.get("MANIFEST_URL") or DEFAULT_URL, **kwargs)
 
     @property
@@ -208,12 +219,23 @@ class ManifestClient:
 
     # -- transport -----------------------------------------------------------------------------
 
+    def tls(self) -> ssl.SSLContext:
+        """The context ``https://`` URLs are verified with (``cacert``, or the system's
+        trust store, loaded on first use)."""
+        if self._tls is None:
+            self._tls = credentials.tls_context(None)
+        return self._tls
+
+    def http_options(self) -> dict[str, Any]:
+        """What every HTTP client of this ``ManifestClient`` is made with (the cache's
+        own AsyncClient too): timeout, headers with the token, TLS verification."""
+        return {"timeout": self.timeout, "headers": self.headers, "verify": self.tls()}
+
     def http(self) -> httpx.Client:
         """The shared sync HTTP client (created on first use)."""
         with self._http_lock:
             if self._http is None:
-                self._http = httpx.Client(timeout=self.timeout, headers=self.headers,
-                                          transport=self._transport)
+                self._http = httpx.Client(**self.http_options(), transport=self._transport)
             return self._http
 
     def _async_http(self) -> httpx.AsyncClient:
@@ -221,7 +243,7 @@ class ManifestClient:
         # asyncio.run() gets a client of its own.
         loop = asyncio.get_running_loop()
         if self._ahttp is None or self._ahttp_loop is not loop:
-            self._ahttp = httpx.AsyncClient(timeout=self.timeout, headers=self.headers,
+            self._ahttp = httpx.AsyncClient(**self.http_options(),
                                             transport=self._async_transport)
             self._ahttp_loop = loop
         return self._ahttp

@@ -2,7 +2,8 @@
 
 Callers act differently on each: a missing service is retried with backoff (seed 001,
 pitfall 6), an unreachable registry is served from a cache, a rejected request is a bug
-in the caller. The CLI maps them to exit codes (1 not found / rejected, 2 unreachable).
+in the caller, a refused token is a deployment's mistake. The CLI maps them to exit
+codes (1 not found / rejected / refused, 2 unreachable).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ class ServiceNotFoundError(NotFoundError):
 
 class CapabilityNotFoundError(NotFoundError):
     """No capability of that namespace is declared in the registry."""
+
+
+class ManifestAuthError(ManifestError):
+    """The registry answered 401 (no token, or one it does not know: see
+    ``auth_token`` / ``MANIFEST_TOKEN``) or 403 (the token's scopes do not cover this
+    service name, or reads). The message carries the registry's reason, which names the
+    scope needed. Retrying will not help until the token changes."""
 
 
 class RegistryUnavailableError(ManifestError):

@@ -67,8 +67,7 @@ def _refused(url: str, response: httpx.Response) -> ManifestError | None:
     """``None`` for a 5xx (try another URL); the error to raise for any other non-200."""
     if response.status_code >= 500:
         return None
-    return ManifestError(f"watch {url}: HTTP {response.status_code}: {answers.detail(response)}",
-                         status_code=response.status_code)
+    return answers.refusal(response, f"watch {url}")
 
 
 def watch(client: ManifestClient, since: int | str | None = None, *, reconnect: bool = True,

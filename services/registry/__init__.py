@@ -6,7 +6,8 @@ a silent one, and a restart or a second replica changes nothing. Every read is a
 from an in-memory view fed by one watch. Modules, from the edge inwards (imports point
 downwards only):
 
-- ``cli``: flags and environment → ``Settings`` (``settings``); signals.
+- ``cli``: flags and environment → ``Settings`` (``settings``); signals; the ``token``
+  command that mints a token.
 - ``daemon``: wiring (store, view, follower, quorum check, status writer, HTTP server)
   and the ordered, bounded shutdown.
 - ``api`` (FastAPI routes, OpenAPI) and ``asgi`` (the hot GET, the body cap, headers,
@@ -14,6 +15,8 @@ downwards only):
 - ``instances``: register, heartbeat, deregister against etcd (``keepalives``: beats
   arriving together share one keep-alive stream); ``loop``: the status writer
   (``up`` → ``unhealthy``); ``following``: the watch and the quorum check.
+- ``guard``: who may do what (401 / 403), the token file kept in step; ``tokens``: the
+  file's format and the scopes (pure); ``tls``: the HTTPS context, kept in step.
 - ``hub``: the view's owner on the event loop.
 - ``view``, ``state``, ``changes``, ``records``: pure data and rules, no I/O.
 """

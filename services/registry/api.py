@@ -3,19 +3,25 @@
 ``instances.py``. A client's mistake is a 4xx naming the field, never a 500, and is
 refused before anything reaches etcd.
 
-Routes: POST /v1/services 201 | 413 | 422 | 503; PUT /v1/services/{name}/{id}/heartbeat
-204 | 404 | 422 | 503; DELETE /v1/services/{name}/{id} 204 | 422 | 503;
+Routes (401 / 403 too when guarded): POST /v1/services 201 | 413 | 422 | 503;
+PUT /v1/services/{name}/{id}/heartbeat 204 | 404 | 422 | 503; DELETE
+/v1/services/{name}/{id} 204 | 422 | 503;
 GET /v1/services/{name} 200 | 404 | 422 | 503 (answered by ``asgi.ServiceLookup``);
 GET /v1/services, GET /v1/capabilities 200 | 422 | 503; GET /v1/capabilities/{namespace}
 200 | 404 | 422 | 503; GET /v1/watch (SSE) 200 | 422 | 503; GET /v1/health 200 | 503
 (starting); GET /metrics; GET /openapi.json.
+
+With a token file (``guard.py``) every write answers 401 before anything else is looked
+at, and 403 as soon as the service name is known and checked (the path of a heartbeat
+or a deregistration, the body of a registration); with ``--require-read-token`` the
+reads of data answer 401 / 403 first too. Health, metrics and the documents stay open.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import FastAPI, Header, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -29,6 +35,7 @@ from structlog.typing import FilteringBoundLogger
 from services.core.errors import StoreError
 from services.registry import VERSION
 from services.registry.asgi import Edge, ServiceLookup, registry_headers
+from services.registry.guard import AuthRefused, Guard
 from services.registry.hub import Hub
 from services.registry.instances import Instances, NotFound, Refused
 from services.registry.metrics import Metrics
@@ -46,9 +53,22 @@ from services.registry.records import (
 )
 from services.registry.settings import Settings
 from services.registry.streaming import changes_after
+from services.registry.tokens import Identity
 
 SEND_TIMEOUT = 30.0  # a subscriber that takes no bytes for this long is dropped
 STARTING = "registry starting: the first read of etcd is not done yet"
+BEARER = "bearerAuth"
+WRITES = (("/v1/services", "post"), ("/v1/services/{name}/{id}/heartbeat", "put"),
+          ("/v1/services/{name}/{id}", "delete"))
+READS = (("/v1/services", "get"), ("/v1/services/{name}", "get"), ("/v1/capabilities", "get"),
+         ("/v1/capabilities/{namespace}", "get"), ("/v1/watch", "get"))
+REFUSALS = {"401": {"description": "no token, or an unknown one (WWW-Authenticate: Bearer)",
+                    "content": {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/Detail"}}}},
+            "403": {"description": "the token's scopes do not cover this; the detail names "
+                                   "the scope needed",
+                    "content": {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/Detail"}}}}}
 
 
 class Registered(BaseModel):
@@ -89,7 +109,7 @@ def _only(request: Request, allowed: tuple[str, ...]) -> None:
 
 
 def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
-          log: FilteringBoundLogger) -> ASGIApp:
+          log: FilteringBoundLogger, guard: Guard | None = None) -> ASGIApp:
     app = FastAPI(title="chora registry (SAP-044 Manifest)", version=VERSION,
                   description="Service instances on etcd leases, and the capabilities the "
                               "gitops sync declares. Every answer carries X-Registry-Index.",
@@ -103,6 +123,25 @@ def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
     def body(content: bytes, status: int = 200) -> Response:
         return Response(content, status_code=status, media_type="application/json",
                         headers=_headers(hub))
+
+    async def read_access(request: Request) -> None:
+        assert guard is not None
+        guard.check_read(request.scope)
+
+    # Open reads carry no dependency at all: they cost what they did before tokens.
+    reads = [Depends(read_access)] if guard is not None and guard.require_read else []
+
+    def writer(request: Request, need: str) -> Identity | None:
+        return None if guard is None else guard.authenticate(request.scope, need)
+
+    def permit(request: Request, identity: Identity | None, name: str, action: str) -> None:
+        if guard is not None and identity is not None:
+            guard.permit_write(identity, name, action, request.scope)
+
+    @app.exception_handler(AuthRefused)
+    async def auth_refused(_: Request, exc: AuthRefused) -> Response:
+        return JSONResponse({"detail": exc.detail}, exc.status,
+                            headers={**_headers(hub), "WWW-Authenticate": exc.challenge})
 
     @app.exception_handler(BadInput)
     async def bad_input(_: Request, exc: BadInput) -> Response:
@@ -143,27 +182,37 @@ def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
     async def register(request: Request) -> Response:
         """Register one running instance; its id is chosen here. Keep it alive with a
         heartbeat every ``heartbeat_interval`` seconds."""
+        identity = writer(request, "scope register:<glob> covering the service name, or "
+                                   "admin")
         _only(request, ())
         registration = parse_registration(await request.body())
+        permit(request, identity, registration.name, "register")
         answer = await instances.register(registration)
         return JSONResponse(answer, 201, headers=_headers(hub))
 
     @app.put("/v1/services/{name}/{id}/heartbeat", status_code=204,
              responses={404: {"model": Detail}, **ERRORS})
-    async def heartbeat(name: str, id: str) -> Response:
+    async def heartbeat(request: Request, name: str, id: str) -> Response:
         """One lease keep-alive. 404: removed or never registered, register again."""
-        await instances.heartbeat(check_name(name), check_instance_id(name, id))
+        identity = writer(request, f"scope register:<glob matching {name[:80]!r}> or admin")
+        check_instance_id(check_name(name), id)
+        permit(request, identity, name, "heartbeat")
+        await instances.heartbeat(name, id)
         return Response(status_code=204, headers=_headers(hub))
 
     @app.delete("/v1/services/{name}/{id}", status_code=204, responses=ERRORS)
-    async def deregister(name: str, id: str) -> Response:
+    async def deregister(request: Request, name: str, id: str) -> Response:
         """Remove the instance now (also 204 when it is already gone)."""
-        await instances.deregister(check_name(name), check_instance_id(name, id))
+        identity = writer(request, f"scope register:<glob matching {name[:80]!r}> or admin")
+        check_instance_id(check_name(name), id)
+        permit(request, identity, name, "deregister")
+        await instances.deregister(name, id)
         return Response(status_code=204, headers=_headers(hub))
 
     @app.get("/v1/services/{name}", responses={
         200: {"description": "the record when one instance, a list of records when "
-                             "several"}, 404: {"model": Detail}, **ERRORS})
+                             "several"}, 404: {"model": Detail}, **ERRORS},
+        dependencies=reads)
     async def get_service(name: str = Path(description=NAME_RULE)) -> Response:
         """Answered by a plain ASGI route with the same behaviour (this one documents
         it, and serves it if that route is ever removed)."""
@@ -174,7 +223,7 @@ def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
             raise NotFound(f"service {name!r} not found: no instance registered")
         return body(found)
 
-    @app.get("/v1/services", responses=ERRORS)
+    @app.get("/v1/services", responses=ERRORS, dependencies=reads)
     async def list_services(
         request: Request,
         status: Literal["up", "unhealthy", "unknown", "down"] | None = Query(None),
@@ -190,7 +239,7 @@ def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
 
     # -- capabilities ----------------------------------------------------------------
 
-    @app.get("/v1/capabilities", responses=ERRORS)
+    @app.get("/v1/capabilities", responses=ERRORS, dependencies=reads)
     async def list_capabilities(
         request: Request,
         type: Literal["service", "pattern"] | None = Query(None),
@@ -204,7 +253,8 @@ def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
         ready()
         return body(view.capabilities(type, dependency))
 
-    @app.get("/v1/capabilities/{namespace}", responses={404: {"model": Detail}, **ERRORS})
+    @app.get("/v1/capabilities/{namespace}", responses={404: {"model": Detail}, **ERRORS},
+             dependencies=reads)
     async def get_capability(namespace: str) -> Response:
         check_capability(namespace)
         ready()
@@ -215,7 +265,8 @@ def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
 
     # -- change stream, health, metrics ----------------------------------------------
 
-    @app.get("/v1/watch", response_class=EventSourceResponse, responses=ERRORS)
+    @app.get("/v1/watch", response_class=EventSourceResponse, responses=ERRORS,
+             dependencies=reads)
     async def watch(
         request: Request,
         name: str | None = Query(None, description="only changes of this service name "
@@ -274,16 +325,17 @@ def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
                         headers=_headers(hub))
 
     # The hot route first, so it answers before FastAPI's declaration of it.
-    lookup = ServiceLookup(hub)
+    lookup = ServiceLookup(hub, guard if guard is not None and guard.require_read else None)
     app.router.routes.insert(0, Route(lookup.path, lookup, methods=["GET"],
                                       include_in_schema=False))
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, guard)  # type: ignore[method-assign]
     return Edge(app, hub, metrics, lookup)
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def _openapi(app: FastAPI, guard: Guard | None) -> dict[str, Any]:
     """FastAPI's document, plus the registration body (read by hand, so that its size
-    is capped and its errors name the field, FastAPI does not see it)."""
+    is capped and its errors name the field, FastAPI does not see it), and the bearer
+    scheme: declared always, required by the operations this server guards."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description,
@@ -292,5 +344,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     nested = body.pop("$defs", {})
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     schemas.update({**nested, "ServiceCreate": body})
+    schema["components"]["securitySchemes"] = {BEARER: {
+        "type": "http", "scheme": "bearer",
+        "description": "A token of the registry's --tokens file. Scopes: read, "
+                       "register:<glob> (names matching it), admin."}}
+    guarded = [] if guard is None else [*WRITES, *(READS if guard.require_read else ())]
+    for path, method in guarded:
+        operation = schema["paths"].get(path, {}).get(method)
+        if operation is not None:
+            operation["security"] = [{BEARER: []}]
+            operation.setdefault("responses", {}).update(REFUSALS)
     app.openapi_schema = schema
     return schema

@@ -8,7 +8,9 @@
   pre-encoded bytes, no request object, no validation layer. ``Edge`` hands it the
   request directly; it is also the first route of the router (the same answer if the
   app is ever mounted without ``Edge``), and FastAPI declares the route for the
-  OpenAPI document.
+  OpenAPI document. With ``--require-read-token`` it is given the guard and checks the
+  token first: a header scan, a cached hash (``tokens.header_hash``) and a dict lookup.
+  Without, it has no guard and does exactly what it did before tokens existed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.registry.guard import AuthRefused, Guard
 from services.registry.hub import Hub
 from services.registry.metrics import Metrics
 from services.registry.records import MAX_BODY_BYTES, NAME_RULE, BadInput, is_name
@@ -41,10 +44,13 @@ def registry_headers(hub: Hub) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def json_response(status: int, body: bytes, hub: Hub) -> tuple[Message, Message]:
+def json_response(status: int, body: bytes, hub: Hub,
+                  challenge: str | None = None) -> tuple[Message, Message]:
     headers = [JSON, (b"content-length", str(len(body)).encode()), *registry_headers(hub)]
     if status == 503:
         headers.append((b"retry-after", b"1"))
+    if challenge is not None:
+        headers.append((b"www-authenticate", challenge.encode()))
     return ({"type": "http.response.start", "status": status, "headers": headers},
             {"type": "http.response.body", "body": body})
 
@@ -55,19 +61,30 @@ def detail(text: str) -> bytes:
 
 class ServiceLookup:
     """``GET /v1/services/{name}``: 200 record or list, 404, 422 (bad name), 503 before
-    the first read of etcd."""
+    the first read of etcd; 401 / 403 when ``guard`` is given (reads need a token)."""
 
     path = PREFIX + "{name}"
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, guard: Guard | None = None) -> None:
         self.hub = hub
+        self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["route"] = self  # FastAPI's router names only its own routes (metrics label)
-        await self.respond(scope["path_params"]["name"], scope["method"], send)
+        await self.respond(scope["path_params"]["name"], scope["method"], send, scope)
 
-    async def respond(self, name: str, method: str, send: Send) -> int:
+    async def respond(self, name: str, method: str, send: Send, scope: Scope) -> int:
         view = self.hub.view
+        if self.guard is not None:
+            try:
+                self.guard.check_read(scope)
+            except AuthRefused as refused:
+                start, end = json_response(refused.status, detail(refused.detail), self.hub,
+                                           refused.challenge)
+                await send(start)
+                await send(end if method != "HEAD" else {"type": "http.response.body",
+                                                          "body": b""})
+                return refused.status
         if not is_name(name):
             status, body = 422, BadInput("name", f"{name[:80]!r} is not a service name: "
                                                  f"{NAME_RULE}").json()
@@ -101,7 +118,7 @@ class Edge:
         path, method = scope["path"], scope["method"]
         if method in LOOKUP_METHODS and path.startswith(PREFIX) and "/" not in path[HOT:] \
                 and len(path) > HOT:
-            code = await self.lookup.respond(path[HOT:], method, send)
+            code = await self.lookup.respond(path[HOT:], method, send, scope)
             self.metrics.requests.labels(self.lookup.path, method, str(code)).inc()
             self.metrics.latency.labels(self.lookup.path).observe(time.perf_counter() - began)
             return

@@ -9,15 +9,22 @@ cancelled, the follower and quorum check are stopped and joined (bounded: abando
 after ``shutdown_timeout``, they are daemon threads), and the store is closed last,
 since every step before may still talk to etcd. Nothing is revoked or rewritten at
 exit: the instances' leases live on in etcd, so a restart loses nothing.
+
+The token file and the TLS files are read before anything else, so a broken one ends
+the program at once (exit 2 naming the flag), and looked at every ``token_check``
+seconds (and on SIGHUP) afterwards: a changed file is taken into use without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
+import ssl
 import threading
 from collections.abc import Generator
+from typing import Any
 
 import uvicorn
 
@@ -25,15 +32,22 @@ from services.core import logs, program
 from services.core.store import Store
 from services.registry import VERSION, api
 from services.registry.following import Follower, QuorumCheck
+from services.registry.guard import Guard
 from services.registry.hub import Hub
 from services.registry.instances import Instances
 from services.registry.loop import StatusWriter
 from services.registry.metrics import Metrics
 from services.registry.settings import Settings
+from services.registry.tls import ServerTls
 from services.registry.view import View
 
 EXIT_OK = 0
 BACKLOG = 2048
+CREDENTIALS_TICK = 0.25  # how soon a SIGHUP is acted on
+OPEN = ("registry is open: no --tokens, so anyone who can reach it can register, "
+        "heartbeat and deregister any service (README: Security)")
+CLEAR_TEXT = ("bearer tokens travel in clear text: --tokens without --tls-cert on an address "
+              "other machines can reach")
 
 try:
     import uvloop
@@ -50,6 +64,21 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+class _Config(uvicorn.Config):
+    """uvicorn's configuration serving TLS with our context (``tls.py``: checked at
+    start-up, reloaded in place) rather than one it would build from file names. Set
+    after ``load`` because uvicorn's ``ssl_context_factory`` only exists from 0.47."""
+
+    def __init__(self, *args: Any, tls: ssl.SSLContext | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tls = tls
+
+    def load(self) -> None:
+        super().load()
+        if self.tls is not None:
+            self.ssl = self.tls
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -73,14 +102,21 @@ def bind(host: str, port: int) -> socket.socket:
 
 class Daemon:
     """One registry process. ``ValueError`` from the constructor is a configuration
-    error (an endpoint that does not resolve, a port already taken) naming the flag."""
+    error (an endpoint that does not resolve, a port already taken, a token file or a
+    TLS pair that cannot be used) naming the flag."""
 
     def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
         self.settings = s = settings
         self.log = logs.get("registry")
+        self.metrics = Metrics()
+        # Files first: a broken one is a configuration error before anything connects.
+        self.guard = None if s.tokens is None else Guard(
+            s.tokens, require_read=s.require_read_token, metrics=self.metrics, log=self.log)
+        self.tls = None if s.tls_cert is None or s.tls_key is None else ServerTls(
+            s.tls_cert, s.tls_key, metrics=self.metrics, log=self.log)
+        self.reload_asked = threading.Event()
         self.store = store or program.connect(s.endpoints, s.etcd_timeout)
         self._own_store = store is None
-        self.metrics = Metrics()
         self.view = View(ring_size=s.watch_ring, list_refresh=s.list_refresh)
         self.hub = Hub(self.view, self.metrics, self.log)
         self.instances = Instances(self.store, self.hub, s, self.metrics, self.log)
@@ -94,16 +130,21 @@ class Daemon:
         except ValueError:
             self._close_store()
             raise
-        app = api.build(self.hub, self.instances, self.metrics, s, self.log)
-        self.server = _Server(uvicorn.Config(
+        app = api.build(self.hub, self.instances, self.metrics, s, self.log, self.guard)
+        self.server = _Server(_Config(
             app, http="httptools", ws="none", lifespan="off", log_config=None,
             access_log=False, server_header=False, backlog=BACKLOG,
-            timeout_graceful_shutdown=s.shutdown_timeout))
+            timeout_graceful_shutdown=s.shutdown_timeout,
+            tls=None if self.tls is None else self.tls.context))
         self.stopping = threading.Event()
 
     @property
     def port(self) -> int:
         return int(self.socket.getsockname()[1])
+
+    def reload(self) -> None:
+        """Look at the token and TLS files now (SIGHUP). Only sets a flag."""
+        self.reload_asked.set()
 
     def stop(self) -> None:
         """Ask the registry to stop (signal handlers call this); ``run`` returns soon
@@ -114,8 +155,12 @@ class Daemon:
     def run(self) -> int:
         s = self.settings
         self.log.info("registry starting", version=VERSION, host=s.host, port=self.port,
-                      endpoints=list(s.endpoints), heartbeat_timeout=s.heartbeat_timeout,
-                      removal_timeout=s.removal_timeout)
+                      scheme=s.scheme, endpoints=list(s.endpoints),
+                      heartbeat_timeout=s.heartbeat_timeout, removal_timeout=s.removal_timeout,
+                      tokens=None if s.tokens is None else str(s.tokens),
+                      require_read_token=s.require_read_token)
+        for warning in self._warnings():
+            self.log.warning(warning)
         try:
             with asyncio.Runner(loop_factory=LOOP_FACTORY) as runner:
                 runner.run(self._serve())
@@ -129,15 +174,18 @@ class Daemon:
         self.hub.bind(asyncio.get_running_loop())
         self.follower.start()
         self.check.start()
-        writer = asyncio.create_task(self.writer.run(), name="status-writer")
-        asked = asyncio.create_task(self._stop_when_asked(), name="stop-request")
+        tasks = [asyncio.create_task(self.writer.run(), name="status-writer"),
+                 asyncio.create_task(self._stop_when_asked(), name="stop-request")]
+        if self.guard is not None or self.tls is not None:
+            tasks.append(asyncio.create_task(self._keep_credentials_fresh(),
+                                             name="credentials"))
         try:
             await self.server.serve(sockets=[self.socket])
         finally:
             self.hub.close_streams()
-            for task in (asked, writer):
+            for task in tasks:
                 task.cancel()
-            await asyncio.wait([asked, writer], timeout=self.settings.shutdown_timeout)
+            await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout)
             self.follower.stop()
             self.check.stop()
             await asyncio.to_thread(self._join_threads)
@@ -150,6 +198,38 @@ class Daemon:
         self.log.info("registry stopping: no new connections, change streams closed")
         self.hub.close_streams()
 
+    async def _keep_credentials_fresh(self) -> None:
+        """Every ``token_check`` seconds, or at once after a SIGHUP, take changed token
+        or TLS files into use (a broken edit keeps the previous ones: see guard.py)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.settings.token_check
+        while True:
+            await asyncio.sleep(CREDENTIALS_TICK)
+            forced = self.reload_asked.is_set()
+            if not forced and loop.time() < due:
+                continue
+            self.reload_asked.clear()
+            due = loop.time() + self.settings.token_check
+            try:
+                if self.guard is not None:
+                    await asyncio.to_thread(self.guard.refresh, forced)
+                if self.tls is not None:
+                    self.tls.refresh()  # on the loop: the context is shared with handshakes
+            except Exception as exc:  # the files in force stay; the next look tries again
+                self.log.exception("could not look at the token or TLS files", error=str(exc))
+
+    def _warnings(self) -> list[str]:
+        s = self.settings
+        found = [] if self.tls is None else self.tls.warnings()
+        if self.guard is None:
+            found.append(OPEN)
+        else:
+            if not self.guard.tokens:
+                found.append(f"--tokens {s.tokens} lists no token: every write is refused")
+            if self.tls is None and not _loopback(s.host):
+                found.append(CLEAR_TEXT)
+        return found
+
     def _join_threads(self) -> None:
         for thread in (self.follower, self.check):
             thread.join(self.settings.shutdown_timeout)
@@ -160,3 +240,12 @@ class Daemon:
     def _close_store(self) -> None:
         if self._own_store:
             self.store.close()
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -56,6 +56,18 @@ class Metrics:
         self.watch_failures = Counter(
             "chora_registry_watch_failures_total", "Watch streams that failed and were "
             "re-created", registry=r)
+        self.auth_refusals = Counter(
+            "chora_registry_auth_refusals_total", "Requests refused for want of a token "
+            "(reason: missing, malformed, unknown) or of a scope (scope)", ["reason"],
+            registry=r)
+        self.tokens = Gauge(
+            "chora_registry_tokens", "Tokens in force from the --tokens file", registry=r)
+        self.token_reloads = Counter(
+            "chora_registry_token_reloads_total", "Re-reads of a changed --tokens file "
+            "(error: the previous tokens stayed in force)", ["result"], registry=r)
+        self.tls_reloads = Counter(
+            "chora_registry_tls_reloads_total", "Re-reads of a changed --tls-cert/--tls-key "
+            "(error: the previous certificate stayed in use)", ["result"], registry=r)
         self.ryw_timeouts = Counter(
             "chora_registry_read_your_writes_timeouts_total",
             "Writes answered before the view showed them (the watch lagged)", registry=r)

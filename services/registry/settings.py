@@ -5,6 +5,7 @@ turns into a one-line usage error naming the flag."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 ETCD_MIN_TTL = 2  # ceil(1.5 x the election timeout of 1 s): etcd's shortest lease
 
@@ -46,6 +47,17 @@ class Settings:
     late: they drop the cache)."""
     shutdown_timeout: float = 5.0
     """Upper bound on each step of the shutdown (open requests, threads)."""
+    tokens: Path | None = None
+    """The token file (``tokens.py``): writes need a token whose scopes cover the service
+    name. None: the API is open to anyone who can reach it (a warning at start)."""
+    require_read_token: bool = False
+    """Reads of data need a token with ``read`` (or ``admin``) too; needs ``tokens``."""
+    token_check: float = 2.0
+    """Seconds between two looks at the token file (and the TLS files) for changes."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) to serve HTTPS with; with ``tls_key``, or neither."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
 
     def __post_init__(self) -> None:
         if self.removal_timeout < ETCD_MIN_TTL:
@@ -60,9 +72,18 @@ class Settings:
             raise ValueError(f"--port {self.port} is not a TCP port")
         if self.watch_ring < 1:
             raise ValueError("--watch-ring must be at least 1")
-        for name in ("etcd_timeout", "resync", "quorum_check", "stall_after"):
+        if self.require_read_token and self.tokens is None:
+            raise ValueError("--require-read-token needs --tokens FILE (the tokens to "
+                             "accept)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        for name in ("etcd_timeout", "resync", "quorum_check", "stall_after", "token_check"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
     @property
     def write_wait(self) -> float:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,14 +43,19 @@ class Registry:
 
 
 @contextmanager
-def serving(endpoints: list[str], **overrides: Any) -> Iterator[Registry]:
-    """A registry in a thread of this process; stopped (and checked to stop) at exit."""
+def serving(endpoints: list[str], *, cacert: Path | None = None,
+            headers: dict[str, str] | None = None, **overrides: Any) -> Iterator[Registry]:
+    """A registry in a thread of this process; stopped (and checked to stop) at exit.
+    With ``tls_cert``/``tls_key`` it serves https, verified against ``cacert``;
+    ``headers`` go with every request of ``Registry.http`` (a token)."""
     settings = Settings(tuple(endpoints), **{"port": 0, **FAST, **overrides})
     daemon = Daemon(settings)
     thread = threading.Thread(target=daemon.run, name="registry-under-test")
     thread.start()
-    url = f"http://127.0.0.1:{daemon.port}"
-    http = httpx.Client(base_url=url, timeout=10)
+    url = f"{settings.scheme}://127.0.0.1:{daemon.port}"
+    verify: ssl.SSLContext | bool = (ssl.create_default_context(cafile=str(cacert))
+                                     if cacert is not None else True)
+    http = httpx.Client(base_url=url, timeout=10, verify=verify, headers=headers or {})
     try:
         wait_for(lambda: http.get("/v1/health").status_code == 200, timeout=20,
                  what="the registry's first read")
@@ -78,6 +85,7 @@ class EventStream:
     comments: int = 0
     status: int | None = None
     ended: threading.Event = field(default_factory=threading.Event)
+    verify: ssl.SSLContext | bool = True
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -88,7 +96,8 @@ class EventStream:
 
     def _read(self) -> None:
         try:
-            with httpx.Client(timeout=httpx.Timeout(10, read=5)) as client, client.stream(
+            with httpx.Client(timeout=httpx.Timeout(10, read=5), verify=self.verify
+                              ) as client, client.stream(
                     "GET", self.url + "/v1/watch", headers=self.headers,
                     params=self.params) as r:
                 self.status = r.status_code

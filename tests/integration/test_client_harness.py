@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -34,22 +35,28 @@ REMOVAL_TIMEOUT = 6  # whole seconds: the TTL of an etcd lease
 class RegistryProcess:
     def __init__(self, endpoints: list[str], log_dir: Path, port: int | None = None, *,
                  heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
-                 removal_timeout: int = REMOVAL_TIMEOUT) -> None:
+                 removal_timeout: int = REMOVAL_TIMEOUT, extra: Sequence[str] = (),
+                 cacert: Path | None = None) -> None:
+        """``extra``: more flags (``--tokens``, ``--tls-cert`` ...); with TLS flags,
+        ``cacert`` is the CA the readiness probe trusts."""
         self.endpoints = endpoints
         self.port = port or free_ports(1)[0]
         self.heartbeat_timeout, self.removal_timeout = heartbeat_timeout, removal_timeout
+        self.extra = list(extra)
+        self.cacert = cacert
         self.log_path = log_dir / f"registry-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "--tls-cert" in self.extra else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "services.registry", "--host", "127.0.0.1",
                 "--port", str(self.port), "--endpoints", ",".join(self.endpoints),
                 "--heartbeat-timeout", str(self.heartbeat_timeout),
-                "--removal-timeout", str(self.removal_timeout)]
+                "--removal-timeout", str(self.removal_timeout), *self.extra]
 
     def start(self, timeout: float = 30.0) -> RegistryProcess:
         env = {k: v for k, v in os.environ.items()
@@ -58,12 +65,15 @@ class RegistryProcess:
             self.proc = subprocess.Popen(self.command(), cwd=REPO, env=env, stdout=log,
                                          stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
+        verify: ssl.SSLContext | bool = (ssl.create_default_context(cafile=str(self.cacert))
+                                         if self.cacert is not None else True)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"the registry exited with {self.proc.returncode}:\n"
                                      f"{self.logs()}")
             try:
-                if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/v1/health", timeout=1,
+                             verify=verify).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
