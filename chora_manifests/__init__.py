@@ -12,23 +12,35 @@ pydantic, semver): no etcd, no servers.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from chora_manifests.documents import MAX_BYTES, MAX_DEPTH, MAX_NODES, parse_yaml, read_text
 from chora_manifests.errors import ManifestError, Problem
-from chora_manifests.model import (
-    NAMESPACE_RE,
-    SEMVER_RE,
-    Capability,
-    Manifest,
-    check_namespace,
-    from_document,
-)
-from chora_manifests.positions import locate
+from chora_manifests.files import MAX_BYTES, read_text
+
+if TYPE_CHECKING:
+    from chora_manifests.documents import MAX_DEPTH, MAX_NODES, parse_yaml
+    from chora_manifests.model import (
+        NAMESPACE_RE,
+        SEMVER_RE,
+        Capability,
+        Manifest,
+        check_namespace,
+        from_document,
+    )
+    from chora_manifests.parsing import parse
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+# Imported on first use (PEP 562): reading and hashing files must not pay for PyYAML and
+# pydantic (~80 ms of the sync's unchanged restart, which parses nothing).
+_LAZY = {
+    "MAX_DEPTH": "documents", "MAX_NODES": "documents", "parse_yaml": "documents",
+    "NAMESPACE_RE": "model", "SEMVER_RE": "model", "Capability": "model",
+    "Manifest": "model", "check_namespace": "model", "from_document": "model",
+    "parse": "parsing",
+}
 
 __all__ = [
     "MANIFEST_SUFFIXES",
@@ -45,9 +57,19 @@ __all__ = [
     "from_document",
     "is_manifest_name",
     "load",
+    "parse",
     "parse_yaml",
     "read_text",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'chora_manifests' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"chora_manifests.{module}"), name)
+    globals()[name] = value
+    return value
 
 
 def is_manifest_name(name: str) -> bool:
@@ -58,22 +80,7 @@ def load(path: Path, root: Path, *, name: str | None = None) -> Capability:
     """The capability in the file at ``path`` (inside ``root``), or ``ManifestError``
     naming it ``name`` (default: ``path`` as given) with the line and column of each
     problem where the YAML has one."""
+    from chora_manifests.parsing import parse
+
     source = name or str(path)
-    text = read_text(path, root, name=source)
-    try:
-        doc = parse_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        if "found another document" in problem:
-            problem = "more than one YAML document; a manifest is one"
-        else:
-            problem = f"invalid YAML: {problem}"
-        at = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        raise ManifestError(source, problems=(Problem(problem, (), *at),)) from None
-    except (ValueError, RecursionError) as exc:
-        raise ManifestError(source, str(exc) or "nested too deeply") from None
-    try:
-        return from_document(doc, source)
-    except ManifestError as exc:
-        raise exc.placed(text, locate) from None
+    return parse(read_text(path, root, name=source), name=source)

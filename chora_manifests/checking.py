@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 from chora_manifests import dependencies as deps
 from chora_manifests import is_manifest_name, load
-from chora_manifests.documents import read_text
 from chora_manifests.errors import Loc, ManifestError
+from chora_manifests.files import read_text
 from chora_manifests.model import Capability
 from chora_manifests.positions import locate
 

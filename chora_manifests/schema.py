@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chora_manifests.documents import MAX_BYTES
+from chora_manifests.files import MAX_BYTES
 from chora_manifests.model import Manifest
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"

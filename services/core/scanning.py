@@ -2,41 +2,73 @@
 
 One scanner for every program that reads ``capabilities/`` (the sync; the heartbeat's
 ``--capabilities DIR`` mode), so the same files are valid, the same duplicates refused
-and the same errors reported everywhere. An ``Index`` re-parses a file only when its
-(mtime, size, inode) changed, so a periodic full scan of 10,000 unchanged files costs a
-directory listing and stats, and an event for one file costs parsing one file. What a
-program derives from a manifest (the sync's keys, the heartbeat's probe) is computed once
-per file version, by ``derive``, in the parsing process.
+and the same errors reported everywhere.
+
+Cheap when nothing changed, which is what restarts and periodic full scans mostly see:
+
+- a file is read again only when its (mtime, size, inode) changed, and parsed again only
+  when its bytes changed (the sha256 of its text): a touched or re-checked-out file costs
+  a read, not a parse;
+- a program that already knows what some bytes yield can ``recall`` them: the sync's
+  inventory in etcd holds the sha256 of the bytes each capability was projected from, so
+  a restart reads and hashes every file and parses none that did not change.
+
+What a program derives from a manifest (the sync's keys, the heartbeat's probe) is
+computed once per file version, by ``derive``, in the parsing process; 256 files or more
+are parsed by a pool of spawned processes (no gRPC channel is ever forked).
+
+Files are named relative to the directory (``a.yaml``) in errors and claims, so what the
+sync reports reads the same on every machine.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import hashlib
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import chora_manifests as manifests
-from chora_manifests import Capability, ManifestError
+from chora_manifests.errors import ManifestError
 
-Derive = Callable[[Capability], Any]  # module-level, so the parsing pool can pickle it
+if TYPE_CHECKING:
+    from chora_manifests import Capability
 
+# (capability, sha256 of the text it was parsed from) → what the program keeps of it.
+# Module-level functions only, so the parsing pool can pickle them.
+Derive = Callable[["Capability", str], Any]
+# {file name: sha256} of files whose bytes are new to the index → {file name: namespace}
+# for those the caller vouches for: they are not parsed.
+Recall = Callable[[Mapping[str, str]], Mapping[str, str]]
 Signature = tuple[int, int, int]
+DANGLING: Signature = (0, -1, 0)  # a symlink to nothing: reported under its name
 
 # Parsing is CPU-bound Python; past this many files to parse, a pool of processes
-# (spawned, so no gRPC channel is ever forked) does it on every core.
+# does it on every core (starting one costs ~0.3 s of CPU per worker).
 PARALLEL_THRESHOLD = 256
+CHUNK = 200  # files per task sent to the pool: small enough to keep every worker busy
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A valid manifest as the index keeps it: the namespace its file claims. What the
+    program needs of the rest is in ``Entry.derived``."""
+
+    namespace: str
+    source: str  # the file's name in the directory
 
 
 @dataclass(frozen=True)
 class Entry:
     signature: Signature
-    result: Capability | ManifestError
-    derived: Any = None  # derive(result), computed once per file version
+    result: Claim | ManifestError
+    derived: Any = None  # derive(capability, digest), computed once per file version
+    digest: str | None = None  # sha256 of the file's text; None when it could not be read
+    recalled: bool = False  # not parsed: the caller vouched for the bytes, ``derived`` is
+    # None until it ``settle``s the entry or the file is parsed
 
 
 @dataclass(frozen=True)
@@ -47,6 +79,7 @@ class Resolved:
     errors: list[ManifestError]  # sorted by file
     keep: set[str]  # namespaces whose last good state must stay untouched
     broken_sources: set[str]  # names of files that failed to load
+    files: dict[str, str]  # namespace in ``desired`` → the file claiming it
 
 
 class DirectoryMissing(Exception):
@@ -62,24 +95,9 @@ class Index:
         self.root = Path(root)
         self.derive = derive
         self.entries: dict[str, Entry] = {}
+        self.parsed = 0  # files parsed since the index was made (a counter, for metrics)
 
-    def _load(self, name: str, sig: Signature) -> Entry:
-        return _load(self.root, name, sig, self.derive)
-
-    def _load_all(self, todo: dict[str, Signature]) -> dict[str, Entry]:
-        workers = min(os.cpu_count() or 1, 8)
-        if len(todo) < PARALLEL_THRESHOLD or workers < 2:
-            return {name: self._load(name, sig) for name, sig in todo.items()}
-        items = list(todo.items())
-        chunks = [items[i::workers * 4] for i in range(workers * 4)]
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            results = pool.map(
-                _load_chunk, [self.root] * len(chunks), chunks, [self.derive] * len(chunks)
-            )
-            return {name: entry for chunk in results for name, entry in chunk}
-
-    def scan(self) -> set[str]:
+    def scan(self, recall: Recall | None = None) -> set[str]:
         """Bring every entry up to date; returns the names whose entry changed."""
         if not self.root.is_dir():
             raise DirectoryMissing(f"capabilities directory {self.root} does not exist")
@@ -92,41 +110,56 @@ class Index:
                     try:
                         seen[de.name] = _signature(de.stat())
                     except OSError:  # dangling symlink, or deleted since listing
-                        seen[de.name] = (0, -1, 0)
-        changed = {n for n in self.entries if n not in seen}
-        for name in changed:
+                        seen[de.name] = DANGLING
+        gone = {n for n in self.entries if n not in seen}
+        for name in gone:
             del self.entries[name]
-        todo = {
+        stale = {
             name: sig for name, sig in seen.items()
             if (entry := self.entries.get(name)) is None or entry.signature != sig
         }
-        self.entries.update(self._load_all(todo))
-        return changed | set(todo)
+        self._update(stale, recall)
+        return gone | set(stale)
 
     def refresh(self, names: Iterable[str]) -> dict[str, str | None]:
         """Re-read just these files; returns name → namespace it held before (or None)."""
         before: dict[str, str | None] = {}
+        stale: dict[str, Signature] = {}
         for name in names:
             old = self.entries.get(name)
-            before[name] = _namespace(old.result) if old else None
+            before[name] = old.result.namespace if old else None
             path = self.root / name
             try:
                 st = path.stat()
             except OSError:
                 if path.is_symlink():  # dangling link: report it rather than forget it
-                    self.entries[name] = self._load(name, (0, -1, 0))
+                    stale[name] = DANGLING
                 else:
                     self.entries.pop(name, None)
                 continue
             if old is None or old.signature != _signature(st):
-                self.entries[name] = self._load(name, _signature(st))
+                stale[name] = _signature(st)
+        self._update(stale, None)
         return before
+
+    def reparse(self, names: Iterable[str]) -> None:
+        """Parse these files now, whatever was known of them: a recalled file whose keys
+        in etcd turned out changed (only its manifest says what they should be)."""
+        names = list(names)
+        for name in names:
+            self.entries.pop(name, None)
+        self.refresh(names)
+
+    def settle(self, name: str, derived: Any) -> None:
+        """What a recalled file's bytes yield, found without parsing them (the sync: the
+        keys etcd holds, proven to be their projection by the inventory's hashes)."""
+        self.entries[name] = replace(self.entries[name], derived=derived, recalled=False)
 
     def namespaces_of(self, names: Iterable[str]) -> set[str]:
         out = set()
         for name in names:
             entry = self.entries.get(name)
-            if entry and (ns := _namespace(entry.result)):
+            if entry and (ns := entry.result.namespace):
                 out.add(ns)
         return out
 
@@ -142,15 +175,16 @@ class Index:
                     keep.add(result.namespace)
             else:
                 claims[result.namespace].append(self.entries[name])
-        desired = {}
+        desired, files = {}, {}
         for ns, claimants in claims.items():
             if len(claimants) == 1:
                 desired[ns] = claimants[0].derived
+                files[ns] = claimants[0].result.source  # type: ignore[union-attr]
                 continue
             keep.add(ns)
-            files = [e.result.source for e in claimants]  # type: ignore[union-attr]
-            for source in files:
-                others = ", ".join(f for f in files if f != source)
+            sources = [e.result.source for e in claimants]  # type: ignore[union-attr]
+            for source in sources:
+                others = ", ".join(f for f in sources if f != source)
                 errors.append(
                     ManifestError(
                         source, f"namespace {ns} is also claimed by {others}; kept as it was", ns
@@ -158,26 +192,119 @@ class Index:
                 )
         errors.sort(key=lambda e: e.path)
         desired = {ns: d for ns, d in desired.items() if ns not in keep}
+        files = {ns: f for ns, f in files.items() if ns not in keep}
         broken = {Path(e.path).name for e in errors if e.namespace is None}
-        return Resolved(desired, errors, keep, broken)  # type: ignore[arg-type]
+        return Resolved(desired, errors, keep, broken, files)
+
+    # -- reading and parsing -----------------------------------------------------------
+
+    def _update(self, stale: dict[str, Signature], recall: Recall | None) -> None:
+        """Read each stale file once, hash it, and parse only what nobody knows yet.
+        Files go to the parser a batch at a time as they are read (``recall`` is asked
+        about each batch), so a pool of parsers starts while the rest is still read."""
+        parser = _Parser(self.derive)
+        try:
+            self._read_into(parser, stale, recall)
+        except BaseException:
+            parser.close()
+            raise
+        self.parsed += parser.count
+        self.entries.update(parser.results())
+
+    def _read_into(
+        self, parser: _Parser, stale: dict[str, Signature], recall: Recall | None
+    ) -> None:
+        names = list(stale)
+        for start in range(0, len(names), CHUNK):
+            texts: dict[str, tuple[Signature, str, str]] = {}
+            for name in names[start : start + CHUNK]:
+                sig = stale[name]
+                read = _read(self.root, name)
+                if isinstance(read, ManifestError):
+                    self.entries[name] = Entry(sig, read)
+                    continue
+                text, digest = read
+                old = self.entries.get(name)
+                if old is not None and old.digest == digest:  # same bytes, same result
+                    self.entries[name] = replace(old, signature=sig)
+                    continue
+                texts[name] = (sig, text, digest)
+            if recall is not None and texts:
+                for name, namespace in recall({n: t[2] for n, t in texts.items()}).items():
+                    sig, _, digest = texts.pop(name)
+                    self.entries[name] = Entry(sig, Claim(namespace, name), None, digest, True)
+            for name, (sig, text, digest) in texts.items():
+                parser.add((name, sig, text, digest))
 
 
-def _load(root: Path, name: str, sig: Signature, derive: Derive | None) -> Entry:
-    path = root / name
+class _Parser:
+    """Parses the files it is given: here while they are few, else in a pool of spawned
+    processes, started as soon as ``PARALLEL_THRESHOLD`` files came and fed ``CHUNK`` at a
+    time, so the workers' start-up (~0.3 s) overlaps reading the rest of the directory."""
+
+    def __init__(self, derive: Derive | None) -> None:
+        self.derive = derive
+        self.count = 0
+        self._items: list[tuple[str, Signature, str, str]] = []
+        self._pool: Any = None
+        self._futures: list[Any] = []
+        self._workers = min(os.cpu_count() or 1, 8)
+
+    def add(self, item: tuple[str, Signature, str, str]) -> None:
+        self.count += 1
+        self._items.append(item)
+        if self._pool is None and self.count >= PARALLEL_THRESHOLD and self._workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self._workers, mp_context=ctx)
+        if self._pool is not None and len(self._items) >= CHUNK:
+            self._submit()
+
+    def _submit(self) -> None:
+        self._futures.append(self._pool.submit(_parse_chunk, self._items, self.derive))
+        self._items = []
+
+    def results(self) -> dict[str, Entry]:
+        if self._pool is None:
+            return dict(_parse_chunk(self._items, self.derive))
+        try:
+            if self._items:
+                self._submit()
+            return {name: entry for f in self._futures for name, entry in f.result()}
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+def _read(root: Path, name: str) -> tuple[str, str] | ManifestError:
+    """(text, sha256 of its UTF-8 bytes), or why it cannot be read. ``read_text`` is the
+    only way a manifest is read (it refuses FIFOs, devices, symlinks leading out, files
+    over 1 MiB); strict UTF-8 decoded and encoded again gives back the file's very bytes,
+    so the digest is what ``sha256sum`` prints for the file."""
     try:
-        cap = manifests.load(path, root)
-        return Entry(sig, cap, derive(cap) if derive else None)
+        text = manifests.read_text(root / name, root, name=name)
     except ManifestError as exc:
-        return Entry(sig, exc)
+        return exc
     except OSError as exc:
-        return Entry(sig, ManifestError(path, f"cannot read: {exc.strerror or exc}"))
+        return ManifestError(name, f"cannot read: {exc.strerror or exc}")
+    return text, hashlib.sha256(text.encode()).hexdigest()
 
 
-def _load_chunk(
-    root: Path, items: list[tuple[str, Signature]], derive: Derive | None
+def _parse_chunk(
+    items: list[tuple[str, Signature, str, str]], derive: Derive | None
 ) -> list[tuple[str, Entry]]:
-    return [(name, _load(root, name, sig, derive)) for name, sig in items]
-
-
-def _namespace(result: Capability | ManifestError) -> str | None:
-    return result.namespace
+    out = []
+    for name, sig, text, digest in items:
+        try:
+            cap = manifests.parse(text, name=name)
+            entry = Entry(sig, Claim(cap.namespace, name),
+                          derive(cap, digest) if derive else None, digest)
+        except ManifestError as exc:
+            entry = Entry(sig, exc, None, digest)
+        out.append((name, entry))
+    return out

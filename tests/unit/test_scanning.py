@@ -1,13 +1,25 @@
+import hashlib
 import os
 import threading
 import time
+from pathlib import Path
 
-from services.core.scanning import Index
+import pytest
+
+import chora_manifests
+from chora_manifests import ManifestError, parse
+from services.core.scanning import Claim, Index
 from services.gitops_sync.plan import Actual, make_plan
 from services.gitops_sync.projection import project
 from services.gitops_sync.reconciling import batches
 from services.gitops_sync.watching import Debouncer
 from tests.manifests import manifest
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "manifests"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_two_files_claiming_one_namespace_are_both_errors_and_the_namespace_is_kept(tmp_path):
@@ -122,3 +134,90 @@ def test_a_large_scan_parsed_by_the_process_pool_matches_a_serial_one(tmp_path, 
 
     assert shown(pooled) == shown(serial)
     assert str(pooled.entries["bad.yaml"].result).endswith("did not find expected node content")
+
+
+def test_a_touched_file_whose_bytes_did_not_change_is_read_but_not_parsed_again(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text(manifest("a.b"))
+    index = Index(tmp_path, derive=project)
+    index.scan()
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert index.scan() == {"a.yaml"}
+    assert index.parsed == 1
+    assert index.entries["a.yaml"].digest == sha256(path)
+
+
+def test_files_the_caller_recalls_are_not_parsed_and_keep_the_namespace_it_gave(tmp_path):
+    (tmp_path / "a.yaml").write_text(manifest("a.b"))
+    (tmp_path / "c.yaml").write_text(manifest("a.c"))
+    asked = {}
+
+    def recall(digests):
+        asked.update(digests)
+        return {"a.yaml": "a.b"}
+
+    index = Index(tmp_path, derive=project)
+    index.scan(recall=recall)
+    assert asked == {n: sha256(tmp_path / n) for n in ("a.yaml", "c.yaml")}
+    assert index.parsed == 1  # c.yaml only
+    recalled = index.entries["a.yaml"]
+    assert recalled.recalled and recalled.derived is None
+    assert recalled.result == Claim("a.b", "a.yaml")
+    resolved = index.resolve()
+    assert resolved.files == {"a.b": "a.yaml", "a.c": "c.yaml"}
+    assert resolved.desired["a.b"] is None
+
+    index.settle("a.yaml", {"k": b"v"})
+    assert index.resolve().desired["a.b"] == {"k": b"v"}
+    index.reparse(["a.yaml"])
+    assert index.parsed == 2 and not index.entries["a.yaml"].recalled
+    assert index.resolve().desired["a.b"] == project(
+        parse(manifest("a.b"), name="a.yaml"), sha256(tmp_path / "a.yaml"))
+
+
+def test_errors_and_claims_name_files_relative_to_the_directory(tmp_path):
+    (tmp_path / "bad.yaml").write_text("metadata: [")
+    (tmp_path / "one.yaml").write_text(manifest("a.b"))
+    (tmp_path / "two.yaml").write_text(manifest("a.b"))
+    os.symlink(tmp_path / "gone", tmp_path / "dangling.yaml")
+    index = Index(tmp_path, derive=project)
+    index.scan()
+    errors = {e.path: e.reason for e in index.resolve().errors}
+    assert set(errors) == {"bad.yaml", "dangling.yaml", "one.yaml", "two.yaml"}
+    assert "also claimed by two.yaml" in errors["one.yaml"]
+
+
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("*/*.yaml")), ids=lambda p: p.name)
+def test_parsing_the_text_read_gives_what_loading_the_file_gives(path):
+    """scanning.parse follows chora_manifests.load after its read, step for step."""
+    text = chora_manifests.read_text(path, path.parent, name=path.name)
+    try:
+        expected = chora_manifests.load(path, path.parent, name=path.name)
+    except ManifestError as exc:
+        with pytest.raises(ManifestError) as got:
+            parse(text, name=path.name)
+        assert (str(got.value), got.value.problems) == (str(exc), exc.problems)
+    else:
+        assert parse(text, name=path.name) == expected
+
+
+YAML_TROUBLE = {
+    "invalid.yaml": "metadata: {dc_identifier: a.b\n",
+    "two-documents.yaml": manifest("a.b") + "---\nb: 1\n",
+    "duplicate-key.yaml": manifest("a.b") + "kind: Again\n",
+    "deep.yaml": "a: " + "[" * 80 + "]" * 80 + "\n",
+    "bomb.yaml": "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"{c}: &{c} [{','.join(['*' + p] * 10)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)),
+    "list.yaml": "- a\n- b\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(YAML_TROUBLE))
+def test_parsing_troubled_yaml_fails_as_loading_it_does(tmp_path, name):
+    (tmp_path / name).write_text(YAML_TROUBLE[name])
+    with pytest.raises(ManifestError) as loaded:
+        chora_manifests.load(tmp_path / name, tmp_path, name=name)
+    with pytest.raises(ManifestError) as parsed:
+        parse(YAML_TROUBLE[name], name=name)
+    assert (str(parsed.value), parsed.value.problems) == (str(loaded.value), loaded.value.problems)
