@@ -7,7 +7,13 @@ import argparse
 from pathlib import Path
 
 from services.core import program, signals
-from services.core.options import add_etcd_flags, add_log_flags, add_serve_flags, env
+from services.core.options import (
+    add_etcd_flags,
+    add_log_flags,
+    add_serve_flags,
+    env,
+    etcd_access,
+)
 from services.core.store import parse_endpoints
 from services.gitops_sync.daemon import Daemon
 from services.gitops_sync.settings import Settings
@@ -15,14 +21,21 @@ from services.gitops_sync.settings import Settings
 EPILOG = """\
 keys written, per capability (see shared/registry-contract.md):
   /chora/capabilities/{ns}/metadata|type|version|dependencies|manifest
-  /chora/sync/owned/{ns}      inventory: prune deletes only what is listed here
-  /chora/sync/status          {commit, dirty, capabilities, errors[], unowned[],
-                              prunes_held[], prune_refusal}; written on change only
+  /chora/sync/owned/{ns}      inventory {source, sha256, keys}: prune deletes only what
+                              is listed here; a file whose sha256 and keys still match
+                              is not parsed again
+  /chora/sync/status          {commit, dirty, capabilities, errors[{file, ...}], unowned[],
+                              prunes_held[], prune_refusal}; written on change only;
+                              files named relative to --capabilities
+  /chora/sync/checkpoint      a revision at which every owned capability matched its
+                              inventory, so a restart need not read them all back
 
 /healthz answers 503 with a "reason" within seconds when etcd cannot be reached, when
 etcd's NOSPACE alarm refuses writes (the reason says how to clear it), when the
 directory is missing, or when one step of the loop has been running for too long.
 A key of ours changed by someone else is repaired within a debounce, with a warning.
+
+--once prints one line: changes applied, manifest errors, files parsed of all.
 
 exit codes with --once / --dry-run:
   0 every manifest valid, 1 at least one manifest rejected, 2 etcd unreachable
@@ -81,6 +94,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         endpoints=tuple(parse_endpoints(args.endpoints)),
         capabilities=args.capabilities,
         etcd_timeout=args.etcd_timeout,
+        etcd_access=etcd_access(args),
         reconcile_interval=args.reconcile_interval,
         debounce=args.debounce,
         max_prune_ratio=args.max_prune_ratio,
@@ -88,6 +102,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         allow_mass_prune=args.allow_mass_prune,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        record_metrics=not (args.once or args.dry_run) or args.metrics_port is not None,
     )
 
 

@@ -30,9 +30,10 @@ class Daemon:
     def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
         self.settings = settings
         self.log = logs.get("gitops_sync")
-        self.store = store or program.connect(settings.endpoints, settings.etcd_timeout)
+        self.store = store or program.connect(settings.endpoints, settings.etcd_timeout,
+                                              settings.etcd_access)
         self._own_store = store is None
-        self.metrics = Metrics()
+        self.metrics = Metrics() if settings.record_metrics else Metrics.unrecorded()
         self.reconciler = Reconciler(
             settings.capabilities, self.store, policy=settings.policy, metrics=self.metrics
         )
@@ -69,7 +70,9 @@ class Daemon:
     def once(self, *, dry_run: bool = False) -> int:
         """One full reconcile (or its plan): exit 0 all valid, 1 a manifest was rejected
         or the directory is missing, 2 etcd unreachable or refusing writes. etcd gets a
-        few seconds to answer (an election in progress), no more."""
+        few seconds to answer (an election in progress), no more. Prints one line: what
+        was applied (or planned), the manifest errors, and how many files were parsed of
+        all (an unchanged restart parses none)."""
         try:
             outcome = self._full_within(3 * self.settings.etcd_timeout, dry_run=dry_run)
         except NoSpace as exc:
@@ -86,13 +89,17 @@ class Daemon:
             return EXIT_UNREACHABLE
         finally:
             self.close()
+        parsed = f"parsed {outcome.parsed} of {outcome.files} files"
         if dry_run:
             for change in outcome.plan.changes:
                 print(change.describe())
             if outcome.plan.refusal:
                 print(f"REFUSED: {outcome.plan.refusal}")
             print(f"{len(outcome.plan.changes)} change(s) planned, {len(outcome.errors)} "
-                  "manifest error(s); nothing written (dry run)")
+                  f"manifest error(s), {parsed}; nothing written (dry run)")
+        else:
+            print(f"{outcome.applied} change(s) applied, {len(outcome.errors)} manifest "
+                  f"error(s), {parsed} in {outcome.seconds:.2f} s")
         for err in outcome.errors:
             print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID if outcome.errors else EXIT_OK

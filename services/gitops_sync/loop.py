@@ -255,6 +255,8 @@ def _attempt(
             changes=outcome.applied,
             errors=len(outcome.errors),
             conflicts=len(outcome.conflicts),
+            parsed=outcome.parsed,  # of ``files``: only files whose bytes changed
+            files=outcome.files,
             seconds=round(outcome.seconds, 3),
         )
     return True

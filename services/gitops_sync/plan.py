@@ -7,14 +7,13 @@ is detected instead of overwritten. Nothing differs → no change → nothing wr
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from services.core import keys
 from services.core.kv import Delete, KeyValue, Op, Put, Unchanged
-from services.gitops_sync.projection import Desired
+from services.gitops_sync.projection import Desired, Record
 
 
 @dataclass(frozen=True)
@@ -97,31 +96,37 @@ class Actual:
     inventory. ``health`` and unknown key names are never loaded here, so never touched."""
 
     kvs: dict[str, KeyValue] = field(default_factory=dict)
+    _owned: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_kvs(cls, kvs: Iterable[KeyValue]) -> Actual:
+    def from_kvs(cls, kvs: Iterable[KeyValue], owned: Mapping[str, str] | None = None) -> Actual:
+        """``owned``: ``owned_namespaces()`` of these kvs, when the caller has it already."""
         owned_names = set(keys.SYNC_KEYS)
         out = {}
         for kv in kvs:
             split = keys.split(kv.key)
             if (split and split[1] in owned_names) or kv.key.startswith(keys.SYNC_OWNED):
                 out[kv.key] = kv
-        return cls(out)
+        return cls(out, None if owned is None else dict(owned))
 
     def owned_namespaces(self) -> dict[str, str]:
-        """Namespaces in our inventory → the source file that wrote them."""
-        out = {}
-        for key, kv in self.kvs.items():
-            if key.startswith(keys.SYNC_OWNED):
-                try:
-                    source = json.loads(kv.value).get("source", "")
-                except (ValueError, AttributeError):
-                    source = ""
-                out[key[len(keys.SYNC_OWNED) :]] = source
-        return out
+        """Namespaces in our inventory → the source file that wrote them (worked out once:
+        10,000 entries are asked for several times in a reconcile)."""
+        if self._owned is None:
+            self._owned = {
+                key[len(keys.SYNC_OWNED) :]: Record.parse(kv.value).source
+                for key, kv in self.kvs.items()
+                if key.startswith(keys.SYNC_OWNED)
+            }
+        return self._owned
 
     def capability_keys(self, namespace: str) -> list[str]:
         return [k for k in (keys.capability(namespace, n) for n in keys.SYNC_KEYS) if k in self.kvs]
+
+    def of(self, namespace: str) -> dict[str, KeyValue]:
+        """The capability's sync keys and inventory entry, as read."""
+        wanted = [*self.capability_keys(namespace), keys.owned(namespace)]
+        return {k: self.kvs[k] for k in wanted if k in self.kvs}
 
 
 def unowned_namespaces(

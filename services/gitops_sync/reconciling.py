@@ -1,37 +1,48 @@
 """One reconcile: read the directory, read etcd, plan, apply, report.
 
-The only part of the sync that talks to etcd. Correctness never depends on events: a
-full reconcile compares every file with what etcd holds now (not with a cache), so a
-restart, a missed event or a lost connection heals on the next one.
+The only part of the sync that writes to etcd. Correctness never depends on events: a
+full reconcile compares every file with what etcd holds now (read back, or proven
+unchanged since the checkpoint), never with a cache, so a restart, a missed event or a
+lost connection heals on the next one. What it may skip (``reading.py``): parsing a file
+whose bytes are those its inventory entry recorded, and reading back a capability the
+checkpoint (``checkpoint.py``) proves untouched. An unchanged restart parses nothing and
+writes nothing.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chora_manifests import ManifestError
+from chora_manifests.errors import ManifestError
 from services.core import keys, logs
-from services.core.kv import MAX_REQUEST_BYTES, MAX_TXN_OPS, Delete, Put, Unchanged
+from services.core.kv import Put, Unchanged
 from services.core.scanning import Index, Resolved
 from services.core.store import Store
 from services.gitops_sync.metrics import Metrics
 from services.gitops_sync.plan import (
     Actual,
-    Change,
     Plan,
     Policy,
     PruneWindow,
     make_plan,
     unowned_namespaces,
 )
-from services.gitops_sync.projection import project
+from services.gitops_sync.projection import project, still_projected
+from services.gitops_sync.reading import (
+    READ_BACK_LIMIT,
+    observe,
+    present,
+    read_namespaces,
+    source_revision,
+)
+from services.gitops_sync.writing import OwnWrites, Writer, batches, renew_checkpoint
+
+__all__ = ["Outcome", "Reconciler", "batches"]
 
 log = logs.get("gitops_sync")
 
@@ -50,30 +61,10 @@ class Outcome:
     applied: int = 0
     conflicts: set[str] = field(default_factory=set)
     seconds: float = 0.0
-
-
-def _size(op: Put | Delete) -> int:
-    """Upper bound of an operation's encoded size, without encoding it twice."""
-    return len(op.key) + (len(op.value) if isinstance(op, Put) else 0) + 24
-
-
-def batches(changes: Iterable[Change]) -> list[list[Change]]:
-    """Whole capabilities packed into transactions within etcd's op and size limits."""
-    out: list[list[Change]] = []
-    current: list[Change] = []
-    ops = size = 0
-    for change in changes:
-        c_ops = len(change.ops)
-        c_size = sum(_size(op) for op in change.ops) + 32 * len(change.guards)
-        if current and (ops + c_ops > MAX_TXN_OPS or size + c_size > MAX_REQUEST_BYTES):
-            out.append(current)
-            current, ops, size = [], 0, 0
-        current.append(change)
-        ops += c_ops
-        size += c_size
-    if current:
-        out.append(current)
-    return out
+    parsed: int = 0  # files parsed by this reconcile
+    files: int = 0  # manifest files in the directory
+    revisions: list[int] = field(default_factory=list)  # of our transactions that landed
+    conflicted: bool = False  # a guard failed at least once (even if a retry landed)
 
 
 class Reconciler:
@@ -99,8 +90,8 @@ class Reconciler:
         self.revision = 0  # of the last full read: where a watch of etcd may start
         self.own_writes = OwnWrites()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sync-txn")
+        self._writer = Writer(store, self._pool, self.metrics, self.own_writes)
         self._reported: dict[str, str] = {}  # file → reason already logged
-        self._detailed = True
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -109,19 +100,39 @@ class Reconciler:
 
     def full(self, *, dry_run: bool = False) -> Outcome:
         """Everything in the directory against everything we own in etcd."""
-        start = time.monotonic()
-        self.index.scan()
+        start, parsed = time.monotonic(), self.index.parsed
+        # Two git subprocesses and the sync's own prefix, while the files are read.
+        git = self._pool.submit(source_revision, self.root)
+        observing = self._pool.submit(observe, self.store)
+        self.index.scan(recall=lambda digests: observing.result().recall(digests))
+        seen = observing.result()
+        self.source, self.revision = git.result(), seen.revision
         resolved = self.index.resolve()
-        # Two git subprocesses: once per full reconcile, not on every file event.
-        self.source = source_revision(self.root)
-        actual, present, self.revision = self._read_all()
+        settled = seen.settled(resolved, self.index.entries)
+        wanted = {*resolved.desired, *seen.records, *resolved.keep, *seen.verdict.present}
+        scope: set[str] | None = wanted - settled
+        if seen.verdict.usable and len(scope) <= READ_BACK_LIMIT:
+            kvs, holding = read_namespaces(self.store, scope, self._pool,
+                                           revision=seen.revision, inventory=seen.inventory)
+            found = (seen.verdict.present - scope) | holding
+            counted = seen.capability_keys
+        else:
+            if not seen.verdict.usable:
+                log.debug("reading every capability back", reason=seen.verdict.reason)
+            caps, _ = self.store.get_prefix(keys.CAPABILITIES, revision=seen.revision)
+            kvs, found, counted = list(caps.values()), present(caps), len(caps)
+            scope, settled = None, set()
+        sources = {ns: record.source for ns, record in seen.records.items()}
+        actual = Actual.from_kvs([*kvs, *seen.inventory.values()], owned=sources)
+        resolved = self._settle(resolved, scope, actual)
         owned = actual.owned_namespaces()
         self.owned_total = len(owned)
         self.prunes.note_total(start, self.owned_total)
-        self._note_unowned(unowned_namespaces(present, owned, resolved.desired))
+        self._note_unowned(unowned_namespaces(found, owned, resolved.desired))
         plan = make_plan(
             resolved.desired,
             actual,
+            scope=scope,
             keep=resolved.keep,
             broken_sources=resolved.broken_sources,
             owned_total=self.prunes.baseline(start, self.owned_total),
@@ -130,22 +141,27 @@ class Reconciler:
         )
         if not dry_run:
             self.held = {}
-        return self._finish("full", plan, resolved, start, dry_run=dry_run)
+        outcome = self._finish("full", plan, resolved, start, parsed, dry_run=dry_run)
+        if not dry_run and not outcome.conflicted:
+            renew_checkpoint(self.store, seen, actual, settled | set(resolved.desired),
+                             plan.changes, outcome.revisions, counted, self.unowned)
+        return outcome
 
     def partial(self, names: Iterable[str], drifted: Iterable[str] = ()) -> Outcome:
         """Only the files named (by events) and the namespaces they held or hold now,
         plus ``drifted``: namespaces whose keys a watch saw changed by someone else."""
-        start = time.monotonic()
+        start, parsed = time.monotonic(), self.index.parsed
         names, drifted = set(names), set(drifted)
         before = self.index.refresh(names)
         by_files = {ns for ns in before.values() if ns} | self.index.namespaces_of(names)
         scope = by_files | drifted
         if len(scope) > PARTIAL_LIMIT:
             return self.full()
-        resolved = self.index.resolve()
-        actual, present = self._read_namespaces(scope)
+        kvs, found = read_namespaces(self.store, scope, self._pool)
+        actual = Actual.from_kvs(kvs)
+        resolved = self._settle(self.index.resolve(), scope, actual)
         owned = actual.owned_namespaces()
-        found = unowned_namespaces(present, owned, resolved.desired)
+        found = unowned_namespaces(found, owned, resolved.desired)
         self._note_unowned((self.unowned - scope) | found)
         plan = make_plan(
             resolved.desired,
@@ -166,33 +182,37 @@ class Reconciler:
                     "capability keys changed outside the sync; repairing",
                     change=change.describe(),
                 )
-        return self._finish("partial", plan, resolved, start)
+        return self._finish("partial", plan, resolved, start, parsed)
 
-    # -- reading -------------------------------------------------------------------------
+    # -- recalled files ------------------------------------------------------------------
 
-    def _read_all(self) -> tuple[Actual, set[str], int]:
-        """What we own, the namespaces holding sync keys, and the revision read at."""
-        caps, revision = self.store.get_prefix(keys.CAPABILITIES)
-        owned, _ = self.store.get_prefix(keys.SYNC_OWNED)
-        return Actual.from_kvs([*caps.values(), *owned.values()]), _present(caps), revision
-
-    def _read_namespaces(self, namespaces: Iterable[str]) -> tuple[Actual, set[str]]:
-        kvs = []
-        present: set[str] = set()
-        for ns in namespaces:
-            found, _ = self.store.get_prefix(keys.capability(ns, ""))
-            kvs += found.values()
-            present |= _present(found)
-            if (kv := self.store.get(keys.owned(ns))) is not None:
-                kvs.append(kv)
-        return Actual.from_kvs(kvs), present
+    def _settle(self, resolved: Resolved, scope: set[str] | None, actual: Actual) -> Resolved:
+        """A recalled file (not parsed) whose capability is to be planned needs its
+        desired keys: etcd's own when they still hash to what its inventory entry
+        recorded, else whatever parsing the file gives (and the plan repairs)."""
+        reparse, settled = [], 0
+        for ns, file in resolved.files.items():
+            if resolved.desired[ns] is not None or (scope is not None and ns not in scope):
+                continue
+            held = still_projected(ns, file, self.index.entries[file].digest or "",
+                                   actual.of(ns))
+            if held is None:
+                reparse.append(file)
+            else:
+                self.index.settle(file, held)
+                settled += 1
+        if reparse:
+            self.index.reparse(reparse)
+        return self.index.resolve() if reparse or settled else resolved
 
     # -- applying ------------------------------------------------------------------------
 
     def _finish(
-        self, kind: str, plan: Plan, resolved: Resolved, start: float, *, dry_run: bool = False
+        self, kind: str, plan: Plan, resolved: Resolved, start: float, parsed: int,
+        *, dry_run: bool = False,
     ) -> Outcome:
-        outcome = Outcome(kind, plan, resolved.errors)
+        outcome = Outcome(kind, plan, resolved.errors, parsed=self.index.parsed - parsed,
+                          files=len(self.index.entries))
         self._report_errors(resolved.errors)
         if plan.refusal:
             self.metrics.prunes_refused.inc()
@@ -203,81 +223,46 @@ class Reconciler:
         if dry_run:
             outcome.seconds = time.monotonic() - start
             return outcome
-        self._detailed = len(plan.changes) <= DETAILED_LOG_LIMIT
-        outcome.applied, outcome.conflicts = self._apply(plan.changes)
+        detailed = len(plan.changes) <= DETAILED_LOG_LIMIT
+        outcome.applied, outcome.conflicts = self._writer.apply(
+            plan.changes, outcome.revisions, detailed=detailed)
         for attempt in range(CONFLICT_RETRIES):
             if not outcome.conflicts:
                 break
+            outcome.conflicted = True
             # Someone else wrote these keys since we read them: re-read and re-plan.
             log.warning(
                 "write conflict, re-planning",
                 namespaces=sorted(outcome.conflicts)[:20],
                 attempt=attempt + 1,
             )
-            actual, _ = self._read_namespaces(outcome.conflicts)
+            kvs, _ = read_namespaces(self.store, outcome.conflicts, self._pool)
             retry = make_plan(
                 resolved.desired,
-                actual,
+                Actual.from_kvs(kvs),
                 scope=outcome.conflicts,
                 keep=resolved.keep,
                 broken_sources=resolved.broken_sources,
                 owned_total=self.owned_total,
                 policy=self.policy,
             )
-            applied, outcome.conflicts = self._apply(retry.changes)
+            applied, outcome.conflicts = self._writer.apply(
+                retry.changes, outcome.revisions, detailed=detailed)
             outcome.applied += applied
         pruned = {c.namespace for c in plan.changes if c.kind == "prune"} - outcome.conflicts
         self.prunes.note_pruned(start, len(pruned))
-        self._write_status(resolved)
+        if (revision := self._write_status(resolved)) is not None:
+            outcome.revisions.append(revision)
         outcome.seconds = time.monotonic() - start
         self._record(outcome, resolved)
         return outcome
-
-    def _apply(self, changes: Iterable[Change]) -> tuple[int, set[str]]:
-        """Send the changes, many capabilities per transaction and transactions in
-        parallel; a batch whose guards fail is retried one capability at a time so one
-        conflict does not hold back the rest."""
-        groups = batches(changes)
-        if not groups:
-            return 0, set()
-        results = list(self._pool.map(self._send_batch, groups))
-        applied = sum(r[0] for r in results)
-        conflicts = set().union(*(r[1] for r in results))
-        return applied, conflicts
-
-    def _send_batch(self, batch: list[Change]) -> tuple[int, set[str]]:
-        ok, revision = self.store.txn(
-            [g for c in batch for g in c.guards], [op for c in batch for op in c.ops]
-        )
-        if ok:
-            self.own_writes.add(revision)
-            self.metrics.txns.labels("ok").inc()
-            self._log_changes(batch)
-            return len(batch), set()
-        self.metrics.txns.labels("conflict").inc()
-        if len(batch) == 1:
-            return 0, {batch[0].namespace}
-        applied, conflicts = 0, set()
-        for change in batch:
-            n, c = self._send_batch([change])
-            applied += n
-            conflicts |= c
-        return applied, conflicts
-
-    def _log_changes(self, batch: list[Change]) -> None:
-        for change in batch:
-            self.metrics.changes.labels(change.kind).inc()
-        # One line per capability for everyday edits; a 10,000-manifest first sync is
-        # summed up by "reconcile finished" instead of flooding the log.
-        if self._detailed:
-            for change in batch:
-                log.info("capability synced", change=change.describe())
 
     # -- reporting -----------------------------------------------------------------------
 
     def status_document(self, resolved: Resolved) -> dict[str, object]:
         """The machine-readable status under /chora/sync/status. No timestamps: it is
-        rewritten only when something in it changes."""
+        rewritten only when something in it changes. Files are named relative to the
+        capabilities directory, so the status reads the same on every machine."""
         return {
             **self.source,
             "capabilities": len(resolved.desired),
@@ -290,13 +275,15 @@ class Reconciler:
             "prune_refusal": next(iter(self.held.values()), ""),
         }
 
-    def _write_status(self, resolved: Resolved) -> None:
+    def _write_status(self, resolved: Resolved) -> int | None:
+        """The revision of the write, None when the status had not changed."""
         value = json.dumps(self.status_document(resolved), separators=(",", ":")).encode()
         current = self.store.get(keys.SYNC_STATUS)
         if current is not None and current.value == value:
-            return
+            return None
         guard = Unchanged(keys.SYNC_STATUS, current.mod_revision if current else 0)
-        self.store.txn([guard], [Put(keys.SYNC_STATUS, value)])
+        ok, revision = self.store.txn([guard], [Put(keys.SYNC_STATUS, value)])
+        return revision if ok else None
 
     def _report_errors(self, errors: list[ManifestError]) -> None:
         """Each broken file is logged once when it breaks and once when it is fixed."""
@@ -311,6 +298,7 @@ class Reconciler:
     def _record(self, outcome: Outcome, resolved: Resolved) -> None:
         self.metrics.reconciles.labels(outcome.kind, "ok").inc()
         self.metrics.reconcile_seconds.labels(outcome.kind).observe(outcome.seconds)
+        self.metrics.manifests_parsed.inc(outcome.parsed)
         self.metrics.capabilities.set(len(resolved.desired))
         self.metrics.manifest_errors.set(len(resolved.errors))
         self.metrics.last_success.set(time.time())
@@ -337,53 +325,3 @@ class Reconciler:
                 log.info("no capabilities without an inventory entry any more")
         self.unowned = unowned
         self.metrics.unowned.set(len(unowned))
-
-
-def _present(kvs: Iterable[str]) -> set[str]:
-    """Namespaces with at least one sync-owned key (a lone health key is the heartbeat's,
-    on its way out after a prune)."""
-    names = set(keys.SYNC_KEYS)
-    return {split[0] for key in kvs if (split := keys.split(key)) and split[1] in names}
-
-
-class OwnWrites:
-    """Revisions of our recent transactions, so a watch can tell our writes from drift.
-    Bounded: an event too old to be found here only costs a no-op partial reconcile."""
-
-    def __init__(self, limit: int = 4096) -> None:
-        self._limit = limit
-        self._revisions: dict[int, None] = {}
-        self._lock = threading.Lock()  # transactions land from several pool threads
-
-    def add(self, revision: int) -> None:
-        with self._lock:
-            self._revisions[revision] = None
-            while len(self._revisions) > self._limit:
-                del self._revisions[next(iter(self._revisions))]
-
-    def __contains__(self, revision: object) -> bool:
-        return revision in self._revisions
-
-
-def source_revision(root: Path) -> dict[str, object]:
-    """The git commit the directory is at and whether it has uncommitted changes;
-    nulls outside a git work tree."""
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(root), *args],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return {"commit": None, "dirty": None}
-    porcelain = git("status", "--porcelain", "--", ".")
-    return {"commit": commit, "dirty": bool(porcelain) if porcelain is not None else None}

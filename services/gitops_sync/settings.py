@@ -3,9 +3,10 @@ only in ``cli.py``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.core.access import EtcdAccess
 from services.gitops_sync.plan import Policy
 
 
@@ -17,6 +18,8 @@ class Settings:
     """The directory of manifests to project into etcd."""
     etcd_timeout: float = 3.0
     """Deadline of every etcd call."""
+    etcd_access: EtcdAccess = field(default_factory=EtcdAccess)
+    """TLS and auth towards etcd (--cacert/--cert/--key, --user); default plaintext."""
     reconcile_interval: float = 60.0
     """Seconds between two full reconciles (file events sync in between)."""
     debounce: float = 0.05
@@ -31,6 +34,9 @@ class Settings:
     """Serve /metrics and /healthz on this port (None: off)."""
     metrics_host: str = "0.0.0.0"
     """Address /metrics and /healthz listen on."""
+    record_metrics: bool = True
+    """Keep Prometheus metrics. Off for ``--once``/``--dry-run`` without a metrics port:
+    nobody would read them, and prometheus_client's import is a tenth of a restart."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_prune_ratio <= 1:

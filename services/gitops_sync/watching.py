@@ -4,6 +4,8 @@ watchdog has no debounce, reports an editor's temp-file-and-rename save as a mov
 silently drops inotify overflows. So events only name *which* files to look at; the
 reconciler reads each file's current state once the burst has gone quiet, and the
 periodic full reconcile heals whatever was missed.
+
+watchdog is imported when a watch starts: ``--once`` never starts one.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import threading
 import time
 from collections.abc import Hashable
 from pathlib import Path
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
+from typing import TYPE_CHECKING
 
 import chora_manifests as manifests
+
+if TYPE_CHECKING:
+    from watchdog.events import FileSystemEvent
 
 RESCAN = "*"  # a batch holding this asks for a full reconcile (a directory changed)
 
@@ -59,11 +62,13 @@ class Debouncer:
                     self._cond.wait(deadline - now)
 
 
-class _Handler(FileSystemEventHandler):
+class _Handler:
+    """What watchdog's observer calls with each event (all it asks for is ``dispatch``)."""
+
     def __init__(self, root: Path, sink: Debouncer) -> None:
         self.root, self.sink = root, sink
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
+    def dispatch(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
         if event.is_directory:
@@ -87,6 +92,8 @@ class Watcher:
     ever again. ``stale()`` tells the loop to watch the new directory instead."""
 
     def __init__(self, root: Path, sink: Debouncer) -> None:
+        from watchdog.observers import Observer
+
         self._observer = Observer()
         self._observer.daemon = True
         self._path = Path(root)  # as given: a symlink swapped to a new target is a new dir

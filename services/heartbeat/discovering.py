@@ -99,8 +99,9 @@ class EtcdDiscovery(threading.Thread):
                 self._watch = None
 
 
-def service_check(cap: Capability) -> Check | None:
-    """What the heartbeat derives from a manifest: its probe, if it is a Service."""
+def service_check(cap: Capability, digest: str = "") -> Check | None:
+    """What the heartbeat derives from a manifest: its probe, if it is a Service (the
+    scanner passes the file's sha256 too; a probe does not depend on it)."""
     return check_from_document(cap.document) if cap.type == "service" else None
 
 

@@ -1,16 +1,21 @@
+import hashlib
+import json
+
 from chora_manifests import from_document, parse_yaml
 from services.core import keys
 from services.core.kv import Delete, KeyValue, Put, Unchanged
 from services.gitops_sync.plan import Actual, Policy, PruneWindow, make_plan, unowned_namespaces
-from services.gitops_sync.projection import project
+from services.gitops_sync.projection import keys_digest, project
 from tests.manifests import manifest
 
 
+def projected(text: str, source: str) -> dict[str, bytes]:
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return project(from_document(parse_yaml(text), source), digest)
+
+
 def desired_for(*namespaces: str, version: str = "1.0.0") -> dict:
-    return {
-        ns: project(from_document(parse_yaml(manifest(ns, version=version)), f"{ns}.yaml"))
-        for ns in namespaces
-    }
+    return {ns: projected(manifest(ns, version=version), f"{ns}.yaml") for ns in namespaces}
 
 
 def actual_from(desired: dict, *, extra: dict[str, bytes] | None = None) -> Actual:
@@ -43,7 +48,10 @@ def test_an_update_puts_only_the_keys_that_differ_guarded_by_their_revisions():
     plan = make_plan(desired_for("a.b", version="1.1.0"), actual)
     (change,) = plan.changes
     assert change.kind == "update"
-    assert {op.key.rsplit("/", 1)[1] for op in change.ops} == {"version", "metadata", "manifest"}
+    # The inventory entry too: it records the new bytes' and keys' hashes.
+    assert {op.key.rsplit("/", 1)[1] for op in change.ops} == {
+        "version", "metadata", "manifest", "a.b"}
+    assert keys.owned("a.b") in {op.key for op in change.ops}
     version_key = keys.capability("a.b", "version")
     assert Unchanged(version_key, actual.kvs[version_key].mod_revision) in change.guards
 
@@ -105,14 +113,21 @@ def test_a_sync_key_no_longer_desired_is_deleted_with_the_update():
 
 
 def test_projection_writes_the_contract_keys():
-    cap = from_document(parse_yaml(manifest("a.b", type="Pattern")), "caps/a.yaml")
-    values = project(cap)
+    text = manifest("a.b", type="Pattern")
+    cap = from_document(parse_yaml(text), "a.yaml")
+    values = project(cap, hashlib.sha256(text.encode()).hexdigest())
     assert values[keys.capability("a.b", "type")] == b"pattern"
     assert values[keys.capability("a.b", "version")] == b"1.0.0"
     assert b'"type":"pattern"' in values[keys.capability("a.b", "metadata")]
     assert values[keys.capability("a.b", "dependencies")] == b"[]"
-    assert values[keys.owned("a.b")] == b'{"source":"a.yaml"}'
-    assert project(cap) == values  # deterministic: what makes a no-op reconcile write nothing
+    # The inventory entry: the file, the sha256 of its bytes, the sha256 of the keys.
+    assert json.loads(values[keys.owned("a.b")]) == {
+        "source": "a.yaml",
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "keys": keys_digest(values),
+    }
+    # deterministic: what makes a no-op reconcile write nothing
+    assert project(cap, hashlib.sha256(text.encode()).hexdigest()) == values
     assert Put(keys.capability("a.b", "type"), b"pattern") is not None
 
 
@@ -163,3 +178,31 @@ def test_an_unowned_capability_is_never_pruned():
                 if not k.startswith(keys.SYNC_OWNED)}
     plan = make_plan({}, actual_from({}, extra=handmade), policy=Policy(allow_mass_prune=True))
     assert not plan.changes
+
+
+def test_an_inventory_entry_without_hashes_or_not_json_reads_as_empty_fields():
+    from services.gitops_sync.projection import Record
+
+    assert Record.parse(b'{"source":"a.yaml"}') == Record("a.yaml", "", "")
+    assert Record.parse(b'{"source":"a.yaml","sha256":7,"keys":null}') == Record("a.yaml")
+    for junk in (b"", b"[1]", b"\xff", b"not json"):
+        assert Record.parse(junk) == Record()
+
+
+def test_etcd_values_stand_in_for_parsing_only_while_they_hash_to_the_inventory_entry():
+    from services.gitops_sync.projection import still_projected
+
+    text = manifest("a.b")
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    values = projected(text, "a.yaml")
+    actual = actual_from({"a.b": values}, extra={keys.capability("a.b", "health"): b"{}"})
+    held = still_projected("a.b", "a.yaml", digest, actual.of("a.b"))
+    assert held == values  # the heartbeat's health key is no part of it
+    assert still_projected("a.b", "a.yaml", "0" * 64, actual.of("a.b")) is None  # new bytes
+    assert still_projected("a.b", "renamed.yaml", digest, actual.of("a.b")) is None
+    edited = actual_from({"a.b": {**values, keys.capability("a.b", "version"): b"6.6.6"}})
+    assert still_projected("a.b", "a.yaml", digest, edited.of("a.b")) is None
+    trimmed = {k: v for k, v in values.items() if not k.endswith("/type")}
+    assert still_projected("a.b", "a.yaml", digest, actual_from({"a.b": trimmed}).of("a.b")) is None
+    old = {**values, keys.owned("a.b"): b'{"source":"a.yaml"}'}  # as older versions wrote
+    assert still_projected("a.b", "a.yaml", digest, actual_from({"a.b": old}).of("a.b")) is None

@@ -62,3 +62,37 @@ def test_the_keepalive_codec_matches_the_generated_classes_with_negative_ttls():
         resp = etcdrpc.LeaseKeepAliveResponse(
             header=etcdrpc.ResponseHeader(revision=9), ID=lease_id, TTL=ttl)
         assert decode_keepalive(resp.SerializeToString()) == (lease_id, ttl)
+
+
+def test_the_encoded_range_request_is_what_the_generated_class_encodes():
+    from services.core.wire import encode_range
+
+    for kwargs in ({}, {"limit": 2000}, {"revision": 123456789, "keys_only": True},
+                   {"count_only": True, "revision": 5},
+                   {"min_mod_revision": 300, "keys_only": True}):
+        expected = etcdrpc.RangeRequest(key=b"/chora/", range_end=b"/chora0", **kwargs)
+        assert encode_range(b"/chora/", b"/chora0", **kwargs) == expected.SerializeToString()
+    assert encode_range(b"/a") == etcdrpc.RangeRequest(key=b"/a").SerializeToString()
+
+
+def test_the_range_decoder_reads_long_values_and_large_revisions():
+    from services.core.kv import KeyValue
+    from services.core.wire import decode_range_response
+
+    long_key = "/k/" + "x" * 200
+    resp = etcdrpc.RangeResponse(
+        header=etcdrpc.ResponseHeader(revision=2**40),
+        kvs=[kv_pb2.KeyValue(key=long_key.encode(), value=b"v" * 70_000,
+                             create_revision=2**33, mod_revision=2**35, version=300)],
+    )
+    kvs, more, revision = decode_range_response(resp.SerializeToString())
+    assert kvs == [KeyValue(long_key, b"v" * 70_000, 2**35, 2**33, 0)]
+    assert (more, revision) == (False, 2**40)
+
+
+def test_a_count_only_answer_gives_the_count_and_the_revision():
+    from services.core.wire import decode_range_count
+
+    resp = etcdrpc.RangeResponse(header=etcdrpc.ResponseHeader(revision=912), count=50_000)
+    assert decode_range_count(resp.SerializeToString()) == (50_000, 912)
+    assert decode_range_count(etcdrpc.RangeResponse().SerializeToString()) == (0, 0)
