@@ -3,8 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# SECURE=1: the secure stack (TLS with client certificates, etcd auth, one identity per
+# program; services/core/roles.py). The scripts then connect as IDENTITY from .data/pki/.
+SECURE ?=
+PKI    := .data/pki
+secure  = $(filter 1 yes true on,$(SECURE))
+as      = $(if $(secure),--cacert $(PKI)/ca.crt --cert $(PKI)/$(1).crt --key $(PKI)/$(1).key)
 
-.PHONY: up test lint e2e status backup restore bench bench-registry clean
+.PHONY: up certs test lint e2e status backup restore bench bench-registry clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-up: $(STAMP)  ## three local etcd members on the seed's ports, both daemons, the registry on 8500; Ctrl-C stops all
-	$(PY) scripts/up.py
+up: $(STAMP)  ## three local etcd members on the seed's ports, both daemons, the registry on 8500; Ctrl-C stops all (SECURE=1: TLS + auth)
+	$(PY) scripts/up.py $(if $(secure),--secure)
+
+certs: $(STAMP)  ## the local CA and certificates under .data/pki/ only (for docker-compose.secure.yml)
+	$(PY) scripts/up.py --certs
 
 test: $(STAMP)  ## lint + the whole suite (unit, integration against real etcd, static checks) + the fault matrix
 	$(PY) -m ruff check services chora_manifest_client chora_manifests scripts tests infrastructure
@@ -25,18 +34,18 @@ lint: $(STAMP)
 	$(PY) -m ruff check services chora_manifest_client chora_manifests scripts tests infrastructure
 	$(VENV)/bin/lint-imports
 
-e2e: $(STAMP)  ## the seed's four checks against the running `make up` cluster
-	$(PY) infrastructure/etcd/test-e2e.py
+e2e: $(STAMP)  ## the seed's four checks against the running `make up` cluster (SECURE=1: as reader)
+	$(PY) infrastructure/etcd/test-e2e.py $(call as,reader)
 
-status: $(STAMP)
-	$(PY) scripts/status.py
+status: $(STAMP)  ## (SECURE=1: as reader)
+	$(PY) scripts/status.py $(call as,reader)
 
-backup: $(STAMP)
-	$(PY) scripts/backup.py save
+backup: $(STAMP)  ## (SECURE=1: as root, the only user etcd gives a snapshot to)
+	$(PY) scripts/backup.py save $(call as,root)
 
 restore: $(STAMP)  ## make restore SNAPSHOT=.data/backups/etcd-....db (with make up stopped)
 	@test -n "$(SNAPSHOT)" || { echo "usage: make restore SNAPSHOT=path/to/snapshot.db (make up must be stopped)"; exit 2; }
-	$(PY) scripts/backup.py restore $(SNAPSHOT)
+	$(PY) scripts/backup.py restore $(SNAPSHOT) $(if $(secure),--secure)
 
 bench: $(STAMP)  ## the three benchmarks, each beside its naive baseline (not pass/fail)
 	$(PY) scripts/bench_sync.py

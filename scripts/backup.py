@@ -2,11 +2,14 @@
 """Back up and restore the registry's etcd cluster.
 
     python scripts/backup.py save [--out PATH] [--endpoints h:p,...]
-    python scripts/backup.py restore SNAPSHOT [--data-dir .data]
+                                  [--cacert CA --cert root.crt --key root.key]
+    python scripts/backup.py restore SNAPSHOT [--data-dir .data] [--secure]
 
 ``save`` streams a snapshot from the first member that answers (it works against any
 cluster: ``make up``, compose, a remote one), writes it atomically and checks it with
-``etcdutl snapshot status``. Default path: ``.data/backups/etcd-<UTC time>.db``.
+``etcdutl snapshot status``. Default path: ``.data/backups/etcd-<UTC time>.db``. With
+auth on, etcd gives a snapshot to ``root`` only: ``make backup SECURE=1`` passes root's
+certificate from ``.data/pki/``.
 
 ``restore`` rebuilds the data directories of the LOCAL cluster that ``make up`` runs
 (``<data-dir>/etcd1``, ``etcd2``, ``etcd3``) from a snapshot, one ``etcdutl snapshot
@@ -17,6 +20,8 @@ restore`` per member with the flags of ``services/core/topology.py``:
      directories are moved aside to ``<data-dir>/pre-restore-<time>/``, never deleted;
   3. ``make up``: the members start from the restored data, as a new cluster holding
      every key of the snapshot; the daemons reconcile against it as after any restart.
+     A snapshot of the secure stack keeps its users, roles and auth; restore it with
+     ``--secure`` (``make restore SECURE=1 ...``: https peer URLs) and ``make up SECURE=1``.
 
 For the compose stack, see infrastructure/etcd/README.md ("Backup and restore").
 Exit codes: 0 done, 1 refused or failed, 2 etcd unreachable (save).
@@ -28,16 +33,18 @@ import argparse
 import datetime as dt
 import json
 import os
+import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.core import admin, topology
+from services.core.access import EtcdAccess
 from services.core.errors import StoreError
-from services.core.localcluster import etcd_binary
+from services.core.localcluster import SECURE_MARK, etcd_binary
+from services.core.options import add_access_flags, etcd_access
 from services.core.store import Store, parse_endpoints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,14 +74,16 @@ def snapshot_status(path: Path) -> dict[str, object]:
     return json.loads(out.stdout)
 
 
-def save(endpoints: list[str], out: Path, timeout: float = 5.0) -> dict[str, object]:
-    """Snapshot the first member that answers into ``out``; the snapshot's status."""
+def save(endpoints: list[str], out: Path, timeout: float = 5.0,
+         access: EtcdAccess | None = None) -> dict[str, object]:
+    """Snapshot the first member that answers into ``out``; the snapshot's status.
+    ``access``: with auth on, root's identity (etcd refuses a snapshot to anyone else)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".part")
     errors = []
     for endpoint in endpoints:
         try:
-            with Store([endpoint], timeout=timeout) as one:
+            with Store([endpoint], timeout=timeout, access=access) as one:
                 admin.member_status(one)  # fail fast on a dead member before streaming
                 admin.snapshot(one, str(partial))
         except (StoreError, OSError) as exc:
@@ -88,15 +97,13 @@ def save(endpoints: list[str], out: Path, timeout: float = 5.0) -> dict[str, obj
 
 
 def _answering(members: tuple[topology.Member, ...]) -> list[str]:
+    """Members whose client port accepts a connection: running, plaintext or TLS."""
     alive = []
     for m in members:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{m.client_port}/health", timeout=1
-            ):
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex(("127.0.0.1", m.client_port)) == 0:
                 alive.append(m.name)
-        except OSError:
-            pass
     return alive
 
 
@@ -104,8 +111,10 @@ def restore(
     snapshot: Path,
     data_dir: Path,
     members: tuple[topology.Member, ...] = topology.MEMBERS,
+    scheme: str = "http",
 ) -> list[Path]:
     """Rebuild ``data_dir/<member>`` for every member from ``snapshot``; the new dirs.
+    ``scheme``: "https" for the secure stack (its peers talk TLS).
 
     Refuses while a member answers on its client port (the cluster must be stopped).
     Existing member directories are moved to ``data_dir/pre-restore-<time>/``.
@@ -138,6 +147,7 @@ def restore(
                 host_of={x.name: "127.0.0.1" for x in members},
                 listen_host="127.0.0.1",
                 data_dir=str(target),
+                scheme=scheme,
             )
         )
         command = [
@@ -153,6 +163,11 @@ def restore(
             raise BackupError(f"etcdutl snapshot restore for {m.name} failed: "
                               f"{out.stderr.strip()[-2000:]}")
         restored.append(target)
+    mark = data_dir / SECURE_MARK  # what `make up` checks the mode against
+    if scheme == "https":
+        mark.touch()
+    else:
+        mark.unlink(missing_ok=True)
     return restored
 
 
@@ -168,11 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", type=Path, default=None,
                    help="snapshot file (default .data/backups/etcd-<UTC time>.db)")
-    s.add_argument("--timeout", type=float, default=5.0)
+    s.add_argument("--timeout", type=float, default=5.0,
+                   help="deadline of each etcd call in seconds (default %(default)s)")
+    add_access_flags(s)
     r = sub.add_parser("restore", help="rebuild the stopped local cluster from a snapshot")
     r.add_argument("snapshot", type=Path)
     r.add_argument("--data-dir", type=Path, default=REPO / ".data",
                    help="where `make up` keeps etcd1/ etcd2/ etcd3/ (default %(default)s)")
+    r.add_argument("--secure", action="store_true",
+                   help="the cluster of `make up SECURE=1`: members with https peer URLs")
     return p
 
 
@@ -181,14 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "save":
             out = args.out or REPO / ".data" / "backups" / f"etcd-{_stamp()}.db"
-            info = save(parse_endpoints(args.endpoints), out, args.timeout)
+            info = save(parse_endpoints(args.endpoints), out, args.timeout,
+                        etcd_access(args))
             print(f"snapshot saved to {info['path']} from {info['endpoint']}: "
                   f"revision {info['revision']}, {info['totalKey']} keys, "
                   f"{info['totalSize']} bytes, hash {info['hash']}")
             return EXIT_OK
-        dirs = restore(args.snapshot, args.data_dir)
+        dirs = restore(args.snapshot, args.data_dir,
+                       scheme="https" if args.secure else "http")
         print(f"restored {args.snapshot} into {', '.join(str(d) for d in dirs)}")
-        print("start the cluster again with `make up`")
+        print("start the cluster again with `make up" + (" SECURE=1`" if args.secure else "`"))
         return EXIT_OK
     except ConnectionError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -2,6 +2,8 @@
 """The registry at a glance: members, leader, DB sizes, alarms, the last sync, live heartbeats.
 
     python scripts/status.py [--endpoints h:p,h:p,h:p] [--json]
+    python scripts/status.py --cacert .data/pki/ca.crt --cert .data/pki/reader.crt \
+        --key .data/pki/reader.key          # the secure stack (make status SECURE=1)
 
 Exit codes: 0 every member healthy with one leader and no alarm raised, 1 degraded (a
 member down, no leader, an alarm such as NOSPACE), 2 no member reachable.
@@ -19,7 +21,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.core import admin, keys, topology
+from services.core.access import EtcdAccess
 from services.core.errors import NoSpace, StoreError
+from services.core.options import add_access_flags, etcd_access
 from services.core.store import Store, parse_endpoints
 
 EXIT_OK, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
@@ -40,23 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     p.add_argument("--timeout", type=float, default=2.0,
                    help="deadline of each etcd call in seconds (default %(default)s)")
+    add_access_flags(p)
     return p
 
 
-def _member(endpoint: str, timeout: float) -> dict[str, Any]:
+def _member(endpoint: str, timeout: float, access: EtcdAccess | None) -> dict[str, Any]:
     try:
-        with Store([endpoint], timeout=timeout) as one:
+        with Store([endpoint], timeout=timeout, access=access) as one:
             status = admin.member_status(one)
     except (StoreError, OSError, ValueError) as exc:
         return {"endpoint": endpoint, "healthy": False, "error": str(exc)}
     return {"endpoint": endpoint, "healthy": True, **status}
 
 
-def collect(endpoints: list[str], timeout: float = 2.0) -> dict[str, Any]:
+def collect(endpoints: list[str], timeout: float = 2.0,
+            access: EtcdAccess | None = None) -> dict[str, Any]:
     """Everything the report shows, as plain data; raises ``StoreError`` when no member
-    can be reached at all."""
-    members = [_member(e, timeout) for e in endpoints]
-    with Store(endpoints, timeout=timeout) as store:
+    can be reached at all. ``access``: TLS and auth (the reader's identity suffices)."""
+    members = [_member(e, timeout, access) for e in endpoints]
+    with Store(endpoints, timeout=timeout, access=access) as store:
         try:
             names = {m["id"]: m["name"] for m in admin.members(store)}
         except StoreError:
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         endpoints = parse_endpoints(args.endpoints)
-        report = collect(endpoints, args.timeout)
+        report = collect(endpoints, args.timeout, etcd_access(args))
     except (StoreError, OSError, ValueError) as exc:
         if args.json:
             print(json.dumps({"endpoints": args.endpoints, "error": str(exc)}))

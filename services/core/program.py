@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from typing import TypeVar
-
-from prometheus_client import CollectorRegistry
+from typing import TYPE_CHECKING, TypeVar
 
 from services.core import logs
-from services.core.httpd import HealthCheck, MetricsServer
+from services.core.access import EtcdAccess
+from services.core.credentials import UnusableFiles
 from services.core.store import Store
+
+if TYPE_CHECKING:  # imported when a server is asked for: a `--once` run serves nothing
+    from prometheus_client import CollectorRegistry
+
+    from services.core.httpd import HealthCheck, MetricsServer
 
 S = TypeVar("S")
 D = TypeVar("D")
@@ -39,11 +43,21 @@ def start(
         parser.error(str(exc))
 
 
-def connect(endpoints: Sequence[str], timeout: float) -> Store:
+def connect(endpoints: Sequence[str], timeout: float,
+            access: EtcdAccess | None = None) -> Store:
+    """The program's one store. ``access``: TLS and auth (default plaintext, no auth);
+    a TLS file that cannot be used is a configuration error naming its flag."""
+    access = access or EtcdAccess()
     try:
-        return Store(endpoints, timeout=timeout)
+        store = Store(endpoints, timeout=timeout, access=access)
+    except UnusableFiles:
+        raise  # names its flag already
     except (ValueError, OSError) as exc:
         raise ValueError(f"--endpoints {','.join(endpoints)}: {exc}") from exc
+    if access.tls or access.user:
+        logs.get("etcd").info("connecting to etcd", endpoints=list(endpoints),
+                              identity=store.identity, **access.describe())
+    return store
 
 
 def http_server(
@@ -53,6 +67,8 @@ def http_server(
     and started by the daemon's ``run``; None when no port is given."""
     if port is None:
         return None
+    from services.core.httpd import MetricsServer
+
     try:
         return MetricsServer(port, check, host=host, registry=registry)
     except OSError as exc:

@@ -44,24 +44,43 @@ def member_flags(
     listen_host: str,
     data_dir: str,
     state: str = "new",
+    scheme: str = "http",
 ) -> list[str]:
     """Command-line flags for one member.
 
     ``host_of`` maps member name to the address its peers and clients reach it at
     (127.0.0.1 locally, the service name in compose); ``listen_host`` is what it binds.
+    ``scheme``: "https" in the secure stack, with ``tls_flags`` added.
     """
     me = host_of[member.name]
-    initial = ",".join(f"{m.name}=http://{host_of[m.name]}:{m.peer_port}" for m in members)
+    initial = ",".join(f"{m.name}={scheme}://{host_of[m.name]}:{m.peer_port}" for m in members)
     flags = {
         "name": member.name,
         "data-dir": data_dir,
-        "listen-client-urls": f"http://{listen_host}:{member.client_port}",
-        "advertise-client-urls": f"http://{me}:{member.client_port}",
-        "listen-peer-urls": f"http://{listen_host}:{member.peer_port}",
-        "initial-advertise-peer-urls": f"http://{me}:{member.peer_port}",
+        "listen-client-urls": f"{scheme}://{listen_host}:{member.client_port}",
+        "advertise-client-urls": f"{scheme}://{me}:{member.client_port}",
+        "listen-peer-urls": f"{scheme}://{listen_host}:{member.peer_port}",
+        "initial-advertise-peer-urls": f"{scheme}://{me}:{member.peer_port}",
         "initial-cluster": initial,
         "initial-cluster-token": CLUSTER_TOKEN,
         "initial-cluster-state": state,
         **TUNING,
+    }
+    return [f"--{k}={v}" for k, v in flags.items()]
+
+
+def tls_flags(ca: str, cert: str, key: str) -> list[str]:
+    """A member's flags in the secure stack: TLS on the client and the peer ports (the
+    same ports), and on both a certificate signed by ``ca`` is required. With etcd's auth
+    on, a client certificate's common name is its etcd user (``roles.py``)."""
+    flags = {
+        "client-cert-auth": "true",
+        "trusted-ca-file": ca,
+        "cert-file": cert,
+        "key-file": key,
+        "peer-client-cert-auth": "true",
+        "peer-trusted-ca-file": ca,
+        "peer-cert-file": cert,
+        "peer-key-file": key,
     }
     return [f"--{k}={v}" for k, v in flags.items()]

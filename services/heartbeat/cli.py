@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.core import program, signals
-from services.core.options import add_etcd_flags, add_log_flags, add_serve_flags, env, env_flag
+from services.core.options import (
+    add_etcd_flags,
+    add_log_flags,
+    add_serve_flags,
+    env,
+    env_flag,
+    etcd_access,
+)
 from services.core.store import parse_endpoints
 from services.heartbeat.daemon import Daemon
 from services.heartbeat.settings import Settings
@@ -65,6 +72,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         metrics_host=args.metrics_host,
         resync=args.resync,
         etcd_timeout=args.etcd_timeout,
+        etcd_access=etcd_access(args),
     )
 
 

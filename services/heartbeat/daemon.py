@@ -32,7 +32,8 @@ class Daemon:
     def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
         self.settings = settings
         self.log = logs.get("heartbeat")
-        self.store = store or program.connect(settings.endpoints, settings.etcd_timeout)
+        self.store = store or program.connect(settings.endpoints, settings.etcd_timeout,
+                                              settings.etcd_access)
         self._own_store = store is None
         self.metrics = Metrics()
         self.loop = Heartbeat(self.store, settings, self.metrics, self.log)

@@ -4,8 +4,10 @@ turns into a one-line usage error: a bad flag is terminal, never retried."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from services.core.access import EtcdAccess
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class Settings:
     off from the majority reports nothing, so the read is the safety net)."""
     etcd_timeout: float = 3.0
     """Deadline of every etcd call."""
+    etcd_access: EtcdAccess = field(default_factory=EtcdAccess)
+    """TLS and auth towards etcd (``--cacert/--cert/--key``, ``--user``); default
+    plaintext. In the secure stack the heartbeat's user may write only under
+    /chora/capabilities/ and /chora/heartbeat/ (``services/core/roles.py``)."""
     probe_workers: int = 32
     """Threads running probes; a hanging probe holds one of them up to its timeout."""
     lease_workers: int = 16

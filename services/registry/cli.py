@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.core import program, signals
-from services.core.options import add_etcd_flags, add_log_flags, env, env_flag
+from services.core.options import add_etcd_flags, add_log_flags, env, env_flag, etcd_access
 from services.core.store import parse_endpoints
 from services.registry import tokens
 from services.registry.daemon import Daemon
@@ -164,6 +164,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         heartbeat_timeout=args.heartbeat_timeout,
         removal_timeout=args.removal_timeout,
         etcd_timeout=args.etcd_timeout,
+        etcd_access=etcd_access(args),
         resync=args.resync,
         watch_ring=args.watch_ring,
         tokens=args.tokens,

@@ -115,7 +115,7 @@ class Daemon:
         self.tls = None if s.tls_cert is None or s.tls_key is None else ServerTls(
             s.tls_cert, s.tls_key, metrics=self.metrics, log=self.log)
         self.reload_asked = threading.Event()
-        self.store = store or program.connect(s.endpoints, s.etcd_timeout)
+        self.store = store or program.connect(s.endpoints, s.etcd_timeout, s.etcd_access)
         self._own_store = store is None
         self.view = View(ring_size=s.watch_ring, list_refresh=s.list_refresh)
         self.hub = Hub(self.view, self.metrics, self.log)

@@ -4,8 +4,10 @@ turns into a one-line usage error naming the flag."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from services.core.access import EtcdAccess
 
 ETCD_MIN_TTL = 2  # ceil(1.5 x the election timeout of 1 s): etcd's shortest lease
 
@@ -26,6 +28,8 @@ class Settings:
     etcd_timeout: float = 3.0
     """Deadline of every etcd call; also how long a write's answer waits for the view
     to show it (read-your-writes)."""
+    etcd_access: EtcdAccess = field(default_factory=EtcdAccess)
+    """TLS and auth towards etcd (--cacert/--cert/--key, --user); default plaintext."""
     resync: float = 300.0
     """Seconds between full re-reads of /chora/ (the safety net behind the watch)."""
     watch_ring: int = 10_000

