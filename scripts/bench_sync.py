@@ -1,6 +1,7 @@
 """Benchmark the sync against a naive baseline, on one local 3-member cluster.
 
     .venv/bin/python scripts/bench_sync.py [--sizes 1000,10000] [--edits 200] [--runs 5]
+    .venv/bin/python scripts/bench_sync.py --sizes 10000 --tls   # the cost of TLS only
 
 Whole processes, as a deployment runs them: ``python -m services.gitops_sync --once``
 timed from start to exit (interpreter start and imports included), for a first sync
@@ -171,11 +172,12 @@ def timed(argv: list[str]) -> tuple[float, str]:
     return seconds, done.stdout
 
 
-def ours_once(corpus: Path, endpoints: list[str]) -> tuple[float, int]:
-    """One ``--once`` run: (wall seconds, files it parsed)."""
+def ours_once(corpus: Path, endpoints: list[str], flags: list[str] | None = None
+              ) -> tuple[float, int]:
+    """One ``--once`` run (``flags``: TLS identity flags): (wall seconds, files parsed)."""
     seconds, out = timed([sys.executable, "-m", "services.gitops_sync", "--capabilities",
                           str(corpus), "--endpoints", ",".join(endpoints), "--once",
-                          "--log-level", "warning"])
+                          "--log-level", "warning", *(flags or [])])
     parsed = re.search(r"parsed (\d+) of", out)
     return seconds, int(parsed[1]) if parsed else -1
 
@@ -208,6 +210,45 @@ def processes(cluster: LocalCluster, corpus: Path, store: Store, runs: int) -> d
         "naive_restart": naive_restart, "parsed": max(parsed),
         "revisions": written, "naive_revisions": store.revision() - before,
     }
+
+
+def tls_cost(tmp: Path, n: int, runs: int) -> list[tuple[str, str, str, str]]:
+    """The same first syncs and unchanged restarts against a plaintext cluster and a
+    secure one (TLS, client certificates, etcd auth; the sync as user ``gitops-sync``),
+    interleaved so a change of load hits both alike: rows (measure, plain, secure, cost)."""
+    corpus = tmp / f"corpus-tls-{n}"
+    write_corpus(corpus, n)
+    plain = LocalCluster.ephemeral(tmp / "etcd-plain").start()
+    secure = LocalCluster.secure(tmp / "etcd-secure").start()
+    stores = {"plain": Store(plain.endpoints, timeout=10),
+              "secure": Store(secure.endpoints, timeout=10, access=secure.access("root"))}
+    flags = {"plain": [], "secure": secure.client_flags("gitops-sync")}
+    clusters = {"plain": plain, "secure": secure}
+    first: dict[str, list[float]] = {"plain": [], "secure": []}
+    restart: dict[str, list[float]] = {"plain": [], "secure": []}
+    try:
+        for _ in range(max(1, runs // 2)):
+            for mode in ("plain", "secure"):
+                wipe(stores[mode])
+                time.sleep(2)  # etcd settles the wipe's deletions before the clock starts
+                first[mode].append(ours_once(corpus, clusters[mode].endpoints, flags[mode])[0])
+        for _ in range(runs):
+            for mode in ("plain", "secure"):
+                restart[mode].append(
+                    ours_once(corpus, clusters[mode].endpoints, flags[mode])[0])
+    finally:
+        for s in stores.values():
+            s.close()
+        plain.destroy()
+        secure.destroy()
+    rows = []
+    for what, values in (("first sync", first), ("unchanged restart", restart)):
+        a, b = statistics.median(values["plain"]), statistics.median(values["secure"])
+        cost = (b - a) / a * 100
+        rows.append((f"{what}, {n:,} manifests, whole process `--once` (median of "
+                     f"{len(values['plain'])})", f"{a:.2f} s", f"{b:.2f} s",
+                     f"{cost:+.0f} %: " + judged("within 15 %", cost <= 15)))
+    return rows
 
 
 # -- edits with the daemon running --------------------------------------------------------
@@ -317,6 +358,10 @@ def main() -> int:
         default=1.0,
         help="the baseline's poll interval; the seed's reference used 60 s",
     )
+    ap.add_argument("--tls", action="store_true",
+                    help="only the cost of TLS: first sync and unchanged restart of the "
+                    "largest size against a plaintext and a secure cluster (TLS, client "
+                    "certificates, etcd auth), side by side")
     ap.add_argument("--naive-once", nargs=2, metavar=("DIR", "ENDPOINT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.naive_once:  # the baseline as a process of its own (see processes())
@@ -326,6 +371,13 @@ def main() -> int:
         return 0
     logs.configure("warning", json=False)
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.tls:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = tls_cost(Path(tmp), max(sizes), args.runs)
+        print("| measure | plaintext | TLS + client certificates + auth | cost |")
+        print("|---|---:|---:|---|")
+        print("\n".join(f"| {m} | {a} | {b} | {c} |" for m, a, b, c in rows))
+        return 0
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         cluster = LocalCluster.ephemeral(Path(tmp) / "etcd").start()
