@@ -361,9 +361,12 @@ class Load:
 
 
 def run_hey(url: str, seconds: float, workers: int, rate_per_worker: float | None,
-            timeout: float) -> tuple[str, dict[str, Any]]:
+            timeout: float, headers: dict[str, str] | None = None
+            ) -> tuple[str, dict[str, Any]]:
     cmd = ["hey", "-z", f"{seconds:g}s", "-c", str(workers), "-t", "10",
            "-disable-compression"]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}: {value}"]
     if rate_per_worker:
         cmd += ["-q", f"{rate_per_worker:g}"]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=timeout,
@@ -380,10 +383,13 @@ def run_hey(url: str, seconds: float, workers: int, rate_per_worker: float | Non
     return out, found
 
 
-def run_wrk(url: str, seconds: float, connections: int, timeout: float
-            ) -> tuple[str, dict[str, Any]]:
+def run_wrk(url: str, seconds: float, connections: int, timeout: float,
+            headers: dict[str, str] | None = None) -> tuple[str, dict[str, Any]]:
     cmd = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--latency",
-           "--timeout", "10s", url]
+           "--timeout", "10s"]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}: {value}"]
+    cmd.append(url)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                          check=True).stdout
     found: dict[str, Any] = {"rate": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])}
