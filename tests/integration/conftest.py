@@ -11,6 +11,7 @@ import pytest
 
 from services.core.localcluster import LocalCluster
 from services.core.store import Store
+from tests.conftest import _wipe
 
 TOKEN_TTL = 2  # etcd's --auth-token-ttl on the shared secure cluster, seconds
 
@@ -32,8 +33,3 @@ def root_store(secure_etcd: LocalCluster) -> Iterator[Store]:
     _wipe(s)
     s.close()
 
-
-def _wipe(s: Store) -> None:
-    from etcd3 import etcdrpc  # test-only: a range delete has no place in the adapter
-
-    s._kv.DeleteRange(etcdrpc.DeleteRangeRequest(key=b"\0", range_end=b"\0"), 5)
