@@ -486,8 +486,8 @@ def test_killing_the_leader_expires_no_key(fresh_cluster: LocalCluster):
     with running(fresh_cluster.endpoints):
         wait_for(lambda: all(count(store, ns) >= 1 for ns in names), 10, what="beating")
         deletions = Deletions(store)
+        before = {ns: count(store, ns) for ns in names}  # read before the election
         fresh_cluster.leader().kill()
-        before = {ns: count(store, ns) for ns in names}
         # Two whole TTLs later every service beat on, and no key was ever deleted.
         wait_for(lambda: all(count(store, ns) >= before[ns] + 6 for ns in names), 20,
                  what="beats continuing past two TTLs")

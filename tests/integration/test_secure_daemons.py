@@ -79,7 +79,8 @@ def test_the_heartbeat_as_its_own_user_expires_no_key_when_the_leader_is_killed(
         fresh_secure_cluster):
     cluster = fresh_secure_cluster
     writer = Store(cluster.endpoints, timeout=1.0, access=cluster.access("gitops-sync"))
-    observer = Store(cluster.endpoints, timeout=1.0, access=cluster.access("reader"))
+    # Reads retry for one timeout: 3 s outlasts the election the leader's kill starts.
+    observer = Store(cluster.endpoints, timeout=3.0, access=cluster.access("reader"))
     names = [f"secure.s{i}" for i in range(5)]
     for ns in names:
         publish(writer, ns)  # what the sync writes, with the sync's identity
@@ -87,8 +88,8 @@ def test_the_heartbeat_as_its_own_user_expires_no_key_when_the_leader_is_killed(
         wait_for(lambda: all(count(observer, ns) >= 1 for ns in names), 10, what="beating")
         assert daemon.store.identity == "heartbeat"
         deletions = Deletions(observer)
+        before = {ns: count(observer, ns) for ns in names}  # read before the election
         cluster.leader().kill()
-        before = {ns: count(observer, ns) for ns in names}
         wait_for(lambda: all(count(observer, ns) >= before[ns] + 6 for ns in names), 20,
                  what="beats continuing past two TTLs")
         assert deletions.stop() == []
