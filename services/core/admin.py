@@ -7,7 +7,8 @@ from __future__ import annotations
 import grpc
 from etcd3 import etcdrpc
 
-from services.core.store import Store, translate_error
+from services.core.channel import translate_error
+from services.core.store import Store
 
 
 def members(store: Store) -> list[dict[str, object]]:

@@ -46,3 +46,12 @@ class Event:
     kind: str  # "put" | "delete"
     kv: KeyValue
 
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The end of etcd's range for ``prefix``: every key that starts with it is below."""
+    end = bytearray(prefix)
+    for i in reversed(range(len(end))):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"

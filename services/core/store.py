@@ -1,4 +1,5 @@
-"""The etcd adapter: the only module that imports the etcd client library.
+"""The etcd adapter: with ``channel.py`` (how to connect) and ``watches.py`` (the watch
+stream), the only place that talks gRPC to etcd.
 
 python-etcd3 0.12.0 talks to one host, lets calls hang forever, drops watches on the first
 error and opens a gRPC stream per lease refresh. This adapter keeps its channel and
@@ -19,9 +20,9 @@ transient and terminal), the hand-written protobuf in ``wire.py``; calls only sc
 make (members, status, snapshot) in ``admin.py``.
 
 Secure stack (``access``, see ``access.py``): TLS with a client certificate, or a user
-and password whose token is sent with every call (``_TokenMetadata``). When to reload
-renewed certificates and when to log in again is decided in ``credentials.py``; here is
-only how: a new channel, swapped in whole (``_Connection``).
+and password whose token is sent with every call (``channel.py``). When to reload
+renewed certificates and when to log in again is decided in ``credentials.py``; how a
+channel is built is ``channel.py``; here it is swapped in whole. Watches: ``watches.py``.
 
 Reads and transactions go on the wire by hand, so etcd3's generated modules (and pure-
 Python protobuf) are imported only when a lease, a watch or a maintenance call first needs
@@ -30,17 +31,15 @@ them: that import was 50-100 ms of a gitops-sync restart that needs none of them
 
 from __future__ import annotations
 
-import json
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import grpc
 
 from services.core.access import EtcdAccess
 from services.core.backoff import Backoff
+from services.core.channel import Connection, connect, etcdrpc, login, translate_error
 from services.core.credentials import (
     RELOAD_GRACE,
     RELOAD_PERIOD,
@@ -52,122 +51,21 @@ from services.core.credentials import (
 from services.core.endpoints import parse_endpoints, resolve, server_name
 from services.core.errors import (
     STALE_TOKEN,
-    Compacted,
     LeaseNotFound,
     PermissionDenied,
     StoreError,
     TooLarge,
-    Unavailable,
-    classify,
 )
-from services.core.kv import MAX_REQUEST_BYTES, MAX_TXN_OPS, Event, KeyValue, Op, Unchanged
+from services.core.kv import MAX_REQUEST_BYTES, MAX_TXN_OPS, KeyValue, Op, Unchanged, prefix_end
+from services.core.watches import Watch
 from services.core.wire import (
     decode_keepalive,
     decode_range_count,
     decode_range_response,
-    decode_txn_response,
     encode_keepalive,
     encode_range,
     encode_txn,
 )
-
-if TYPE_CHECKING:
-    from etcd3.etcdrpc import kv_pb2
-
-FRESH_TOKEN = 1.0  # seconds: a token this young cannot have expired
-
-
-def translate_error(exc: grpc.RpcError, *, who: str | None = None, what: str = "") -> StoreError:
-    """The ``StoreError`` a failed call becomes (``errors.classify``); ``who`` and ``what``
-    name the identity refused and what it tried, in the message of a refusal."""
-    code = exc.code()
-    return classify(code.name if code else "UNKNOWN", exc.details() or "", who=who, what=what)
-
-
-def _stale_token(call: Any) -> bool:
-    """A call etcd refused because its token expired (not because of the user)."""
-    return (isinstance(call, grpc.Call) and call.code() == grpc.StatusCode.UNAUTHENTICATED
-            and STALE_TOKEN in (call.details() or ""))
-
-
-def _etcdrpc() -> Any:
-    """etcd3's generated stubs and messages, imported on first use (see the docstring)."""
-    from etcd3 import etcdrpc
-
-    return etcdrpc
-
-
-def _kv(kv: kv_pb2.KeyValue) -> KeyValue:
-    return KeyValue(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, kv.lease)
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    end = bytearray(prefix)
-    for i in reversed(range(len(end))):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"
-
-
-class _CallDetails(NamedTuple):
-    method: str
-    timeout: float | None
-    metadata: Any
-    credentials: Any
-    wait_for_ready: bool | None
-    compression: Any
-
-
-class _TokenMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                     grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Sends the auth token with every call (``--user``). A unary call refused for an
-    invalid token (it expired) is sent once more after logging in again; it was refused
-    before etcd applied anything, so repeating it is safe, writes included. Streams
-    cannot be replayed: they fail, the token is renewed, and their callers re-create
-    them as after any outage (``refresh_leases`` itself tries once more)."""
-
-    def __init__(self, token: Token) -> None:
-        self.token = token
-
-    def _with(self, details: Any, token: str) -> Any:
-        metadata = [*(details.metadata or ()), ("token", token)]
-        return _CallDetails(details.method, details.timeout, metadata, details.credentials,
-                            details.wait_for_ready, details.compression)
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        token = self.token.current()
-        outcome = continuation(self._with(details, token), request)
-        if _stale_token(outcome):
-            outcome = continuation(self._with(details, self.token.renew(token)), request)
-        return outcome
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._with(details, self.token.current()), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._with(details, self.token.current()), requests)
-
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._with(details, self.token.current()), requests)
-
-
-class _Connection:
-    """One channel and the calls made on it: swapped whole when certificates change,
-    so a call never mixes two channels. ``raw`` is the channel without the token
-    interceptor (closing it closes both; logging in goes over it)."""
-
-    def __init__(self, raw: grpc.Channel, channel: grpc.Channel) -> None:
-        self.raw, self.channel = raw, channel
-        self.txn = channel.unary_unary("/etcdserverpb.KV/Txn", request_serializer=bytes,
-                                       response_deserializer=decode_txn_response)
-        self.keepalive = channel.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive")
-        self.range = channel.unary_unary("/etcdserverpb.KV/Range", request_serializer=bytes,
-                                         response_deserializer=bytes)
-        self.stubs: dict[str, Any] = {}
-
-    def close(self) -> None:
-        self.raw.close()
 
 
 def _writing(ops: list[Op]) -> str:
@@ -199,57 +97,14 @@ class Store:
         # Reads are safe to repeat on another member; try each member once.
         self._read_attempts = max(2, len(self.endpoints))
         self._revision_by_alarm = False
-        self._connections = Swapping(access, self._connect, _Connection.close,
+        self._connections = Swapping(access, self._connect, Connection.close,
                                      period=reload_period, grace=reload_grace)
 
-    def _connect(self, tls: TlsMaterial | None) -> _Connection:
-        options = [
-            ("grpc.lb_policy_name", "round_robin"),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            # A frozen member (SIGSTOP, paused VM, black-holed network) keeps its TCP
-            # connection open, so round robin would hand it a third of all calls, each
-            # costing a whole deadline, for as long as it stays frozen. Measured: it was
-            # never dropped. gRPC's health checking keeps one Health.Watch stream open
-            # per member (etcd serves grpc.health.v1), which allows keep-alive pings
-            # under etcd's policy (no more often than every 5 s, only with a stream
-            # open; otherwise GOAWAY "too_many_pings" drops the connection and its
-            # watches); a ping unanswered for 2 s closes the connection and takes the
-            # member out of rotation until it answers a health check again. A frozen
-            # member is out within ~8 s (keepalive 6 s + ping timeout 2 s).
-            ("grpc.service_config", json.dumps({"healthCheckConfig": {"serviceName": ""}})),
-            ("grpc.keepalive_time_ms", 6000),
-            ("grpc.keepalive_timeout_ms", 2000),
-            ("grpc.http2.ping_timeout_ms", 2000),
-            ("grpc.http2.max_pings_without_data", 0),  # the health stream carries none
-            ("grpc.keepalive_permit_without_calls", 0),
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-        ]
-        if tls is None:
-            raw = grpc.insecure_channel(self._target, options=options)
-        else:
-            credentials = grpc.ssl_channel_credentials(
-                tls.root_certificates, tls.private_key, tls.certificate_chain)
-            raw = grpc.secure_channel(self._target, credentials, options=[
-                *options, ("grpc.ssl_target_name_override", self._server_name),
-                # Connections of its own: a reloaded channel must handshake anew with
-                # the new certificate, not share the old channel's connections.
-                ("grpc.use_local_subchannel_pool", 1)])
-        if self._token is None:
-            return _Connection(raw, raw)
-        return _Connection(raw, grpc.intercept_channel(raw, _TokenMetadata(self._token)))
+    def _connect(self, tls: TlsMaterial | None) -> Connection:
+        return connect(self._target, self._server_name, tls, self._token)
 
     def _login(self, user: str, password: str) -> str:
-        """etcd's Authenticate, over the channel without the token interceptor."""
-        etcdrpc = _etcdrpc()
-        stub = etcdrpc.AuthStub(self._connections.get().raw)
-        try:
-            resp = stub.Authenticate(etcdrpc.AuthenticateRequest(name=user, password=password),
-                                     self.timeout)
-        except grpc.RpcError as exc:
-            raise translate_error(exc, who=user, what="logging in") from exc
-        return resp.token
+        return login(self._connections.get(), user, password, self.timeout)
 
     @property
     def identity(self) -> str | None:
@@ -283,11 +138,7 @@ class Store:
 
     def _stub(self, name: str) -> Any:
         """etcd3's generated stub ``name`` (``KVStub``, ``LeaseStub``...) on our channel."""
-        connection = self._connections.get()
-        stub = connection.stubs.get(name)
-        if stub is None:
-            stub = connection.stubs[name] = getattr(_etcdrpc(), name)(connection.channel)
-        return stub
+        return self._connections.get().stub(name)
 
     @property
     def _kv(self) -> Any:
@@ -359,7 +210,7 @@ class Store:
         """Every key under ``prefix`` at one revision (linearizable; ``revision``: at that
         one), and that revision. ``min_mod_revision``: only the keys modified since, which
         etcd filters on its side (it still walks the whole prefix, but sends nothing)."""
-        start, end = prefix.encode(), _prefix_end(prefix.encode())
+        start, end = prefix.encode(), prefix_end(prefix.encode())
         out: dict[str, KeyValue] = {}
         # With a filter etcd walks the whole prefix for every page: ask once for all.
         limit = 0 if min_mod_revision else page
@@ -378,7 +229,7 @@ class Store:
     def count(self, prefix: str, *, revision: int = 0) -> tuple[int, int]:
         """How many keys are under ``prefix`` (at ``revision``, default now), and the
         revision counted at; etcd sends the number only."""
-        request = encode_range(prefix.encode(), _prefix_end(prefix.encode()),
+        request = encode_range(prefix.encode(), prefix_end(prefix.encode()),
                                revision=revision, count_only=True)
         count, header_revision = decode_range_count(
             self._range_read(request, f"reading {prefix!r}"))
@@ -396,9 +247,9 @@ class Store:
                 return revision
             except PermissionDenied:
                 self._revision_by_alarm = True
-        etcdrpc = _etcdrpc()
+        rpc = etcdrpc()
         resp = self._read(self.maintenance.Alarm,
-                          etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.GET), "reading alarms")
+                          rpc.AlarmRequest(action=rpc.AlarmRequest.GET), "reading alarms")
         return resp.header.revision  # type: ignore[attr-defined]
 
     # -- writes --------------------------------------------------------------------------
@@ -424,7 +275,7 @@ class Store:
 
     def grant(self, ttl: int) -> int:
         try:
-            resp = self._lease.LeaseGrant(_etcdrpc().LeaseGrantRequest(TTL=ttl), self.timeout)
+            resp = self._lease.LeaseGrant(etcdrpc().LeaseGrantRequest(TTL=ttl), self.timeout)
         except grpc.RpcError as exc:
             raise self._refused(exc, "granting a lease") from exc
         return resp.ID
@@ -432,7 +283,7 @@ class Store:
     def revoke(self, lease_id: int) -> None:
         """Revoke; an unknown lease counts as revoked."""
         try:
-            self._lease.LeaseRevoke(_etcdrpc().LeaseRevokeRequest(ID=lease_id), self.timeout)
+            self._lease.LeaseRevoke(etcdrpc().LeaseRevokeRequest(ID=lease_id), self.timeout)
         except grpc.RpcError as exc:
             err = self._refused(exc, f"revoking lease {lease_id:x}")
             if not isinstance(err, LeaseNotFound):
@@ -441,7 +292,7 @@ class Store:
     def lease_ttl(self, lease_id: int) -> int:
         """Remaining TTL in seconds; -1 when etcd does not know the lease."""
         resp = self._read(self._lease.LeaseTimeToLive,
-                          _etcdrpc().LeaseTimeToLiveRequest(ID=lease_id),
+                          etcdrpc().LeaseTimeToLiveRequest(ID=lease_id),
                           f"reading lease {lease_id:x}")
         return resp.TTL  # type: ignore[attr-defined]
 
@@ -488,14 +339,14 @@ class Store:
         """Alarms raised in the cluster, e.g. ``["NOSPACE"]``. The request goes through
         raft, so an answer also proves that a quorum is there. ``retry=False`` makes it a
         ping: one attempt, one deadline, rather than a read retried across members."""
-        etcdrpc = _etcdrpc()
-        request = etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.GET)
+        rpc = etcdrpc()
+        request = rpc.AlarmRequest(action=rpc.AlarmRequest.GET)
         if retry:
             resp = self._read(self.maintenance.Alarm, request, "reading alarms")
         else:
             resp = self.call(self.maintenance.Alarm, request)
         names = {a.alarm for a in resp.alarms}  # type: ignore[attr-defined]
-        return sorted(etcdrpc.AlarmType.Name(n) for n in names if n)
+        return sorted(rpc.AlarmType.Name(n) for n in names if n)
 
     def call(self, method: Callable[..., object], request: object,
              timeout: float | None = None, what: str = "") -> object:
@@ -505,72 +356,3 @@ class Store:
             return method(request, timeout or self.timeout)
         except grpc.RpcError as exc:
             raise self._refused(exc, what) from exc
-
-
-class Watch:
-    """Iterate to receive batches of events from ``start_revision`` on; raises
-    ``Unavailable`` or ``Compacted`` when the stream ends, ``cancel()`` stops it.
-
-    The caller re-creates it from the last seen revision + 1. A member cut off from the
-    majority sends nothing at all, so pair a watch with a periodic linearizable read.
-    """
-
-    def __init__(self, store: Store, prefix: str, start_revision: int) -> None:
-        key = prefix.encode()
-        etcdrpc = _etcdrpc()
-        create = etcdrpc.WatchRequest(
-            create_request=etcdrpc.WatchCreateRequest(
-                key=key, range_end=_prefix_end(key), start_revision=start_revision
-            )
-        )
-        self._stop: queue.Queue[None] = queue.Queue()
-        self._cancelled = threading.Event()
-        self._store, self._what = store, f"watching {prefix}"
-
-        def requests() -> Iterator[etcdrpc.WatchRequest]:
-            yield create
-            self._stop.get()  # hold the request side open until cancelled
-
-        self._call = store._watch.Watch(requests())
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-        self._stop.put(None)
-        self._call.cancel()
-
-    def __iter__(self) -> Iterator[list[Event]]:
-        try:
-            for resp in self._call:
-                if resp.compact_revision:
-                    raise Compacted(resp.compact_revision)
-                if resp.canceled:
-                    self._refused(resp.cancel_reason)
-                if resp.events:
-                    yield [
-                        Event("delete" if ev.type == ev.DELETE else "put", _kv(ev.kv))
-                        for ev in resp.events
-                    ]
-        except grpc.RpcError as exc:
-            if self._cancelled.is_set():
-                return
-            raise self._store._refused(exc, self._what) from exc
-        if not self._cancelled.is_set():
-            raise Unavailable("watch stream ended")
-
-    def _refused(self, reason: str) -> None:
-        """Raise what a watch cancelled by etcd means: a refusal (its user may not read
-        the prefix: terminal), or an expired token (renewed: re-create the watch), or
-        anything else (transient)."""
-        store, token = self._store, self._store._token
-        if "permission denied" in reason:
-            # etcd refuses a watch opened with an expired token as "permission denied"
-            # too: unless the token is brand new, log in again and let it be re-created.
-            if token is not None and token.age() > FRESH_TOKEN:
-                token.forget()
-                raise Unavailable(f"watch refused ({reason}): the token may have expired; "
-                                  "logging in again")
-            raise PermissionDenied(f"etcd refused user {store.identity}: permission denied "
-                                   f"{self._what}")
-        if STALE_TOKEN in reason and token is not None:
-            token.forget()
-        raise Unavailable(f"watch cancelled by server: {reason}")
