@@ -28,17 +28,22 @@ ROOT = "/"  # every key the project writes starts with "/"
 class RevisionClock:
     """(monotonic time, cluster revision) samples taken every ``period`` seconds, so a
     revision found by the replay can be given a time: the first sample that had reached
-    it is an upper bound on when it was committed (error: one period plus one read).
+    it is an upper bound on when it was committed (error: one period plus one write).
 
-    Sampled over etcd's HTTP gateway, one short request at a time, rotating through the
-    members: no gRPC channel whose state a fault could leave stuck (a clock that stopped
-    at the outage once turned every health gap into "never back")."""
+    Each sample is a write of the clock's own key (outside "/", so replays skip it): the
+    revision a committed put answers with is the cluster's, from the leader's raft log.
+    A read could answer from a member that had not caught up after the fault (CI saw the
+    clock stuck at a revision from before the outage, every gap then "never back").
+    Sent over etcd's HTTP gateway, one short request at a time, rotating through the
+    members on failure: no gRPC channel whose state a fault could leave stuck."""
+
+    KEY = base64.b64encode(b"faults-clock").decode()
 
     def __init__(self, endpoints: list[str], period: float = 0.1) -> None:
         self.samples: list[tuple[float, int]] = []
         self.errors: list[str] = []  # the last few failed samples, for a failing test's message
         self.failures = 0
-        self._urls = [f"http://{e}/v3/kv/range" for e in endpoints]
+        self._urls = [f"http://{e}/v3/kv/put" for e in endpoints]
         self._http = httpx.Client(timeout=0.5)
         self._period = period
         self._stop = threading.Event()
@@ -46,8 +51,7 @@ class RevisionClock:
         self._thread.start()
 
     def _revision(self, url: str) -> int:
-        # A linearizable range of one (absent) key: its header is the cluster revision.
-        resp = self._http.post(url, json={"key": base64.b64encode(b"\0").decode(), "limit": 1})
+        resp = self._http.post(url, json={"key": self.KEY, "value": ""})
         resp.raise_for_status()
         return int(resp.json()["header"]["revision"])
 

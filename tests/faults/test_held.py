@@ -94,6 +94,7 @@ def test_quorum_lost_for_90_s_at_production_ttl_loses_no_capability_key_and_heal
     interval, and that no capability key is lost."""
     row.scenario = f"quorum lost 90 s, leader + follower {how} (TTL 30 s, beat 10 s), editing"
     ttl, interval = 30, 10.0
+    clock = rig.start_clock()
     names = rig.populate(services=6, patterns=4)
     sync = rig.sync()
     hb = rig.heartbeat(ttl=ttl, interval=interval)
@@ -131,7 +132,7 @@ def test_quorum_lost_for_90_s_at_production_ttl_loses_no_capability_key_and_heal
 
     kept = [ns for ns in names if ns != names[-2]]
     history = judge(rig, row, baseline, start, kept=kept, live=rig.services)
-    gaps = history.health_gaps(rig.services, rig.clock)
+    gaps = history.health_gaps(rig.services, clock)
     row.note = f"quorum lost {back - lost:.0f} s"
     if gaps:
         row.note += (f"; {len(gaps)} of {len(rig.services)} health keys deleted when it "
@@ -139,7 +140,7 @@ def test_quorum_lost_for_90_s_at_production_ttl_loses_no_capability_key_and_heal
     assert row.keys_lost == 0, history.capability_keys_lost(kept)
     assert history.capability_key_deletions(kept) == []
     assert all(g <= interval + 1.0 for g in gaps), (
-        f"health keys missing longer than a beat: {gaps}; {rig.clock.describe()}")
+        f"health keys missing longer than a beat: {gaps}; {clock.describe()}")
     assert row.recovery_s <= 35, "converged more than 35 s after the quorum returned"
 
 
