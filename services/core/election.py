@@ -25,12 +25,13 @@ import contextlib
 import threading
 from collections.abc import Callable
 
+from services.core import keys
 from services.core.errors import StoreError
 from services.core.kv import Delete, KeyValue, Put, Unchanged
 from services.core.session import Session
 from services.core.store import Store
 
-PREFIX = "/chora/election/"
+PREFIX = keys.ELECTION
 POLL = 0.2  # seconds between two looks at "should this wait stop?"
 
 
@@ -62,7 +63,7 @@ class Election:
     def _enter(self) -> None:
         """Put our key if it is not there; learn its revisions either way."""
         self.store.txn([Unchanged(self.key, 0)],
-                       [Put(self.key, self.value, self.session.lease)])
+                       [Put(self.key, self.value, self.session.lease)], fenced=False)
         kv = self.store.get(self.key)
         if kv is None:  # the session's lease is already gone
             raise StoreError(f"election key {self.key} vanished: the session was lost")
@@ -113,7 +114,7 @@ class Election:
         if self._fence is None:
             return
         with contextlib.suppress(StoreError):  # the key goes with the session's lease anyway
-            self.store.txn([self._fence], [Delete(self.key)])
+            self.store.txn([self._fence], [Delete(self.key)], fenced=False)
         self._fence = None
 
 

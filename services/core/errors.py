@@ -61,6 +61,12 @@ class TooLarge(StoreError):
 
 
 
+class Fenced(StoreError):
+    """A write refused because this process does not lead its program (any more): its
+    election key is gone or was replaced (``leadership.py``). Terminal for the term:
+    the daemon stops its work and campaigns again as a standby."""
+
+
 class PermissionDenied(StoreError):
     """etcd's auth refused this identity the operation (its role does not allow the
     key). Terminal: retrying cannot help until an operator changes the role."""

@@ -16,6 +16,8 @@ SYNC_OWNED = SYNC + "owned/"
 # A revision at which the sync knew etcd to hold what its inventory says, so a restart
 # need not read every capability back (services/gitops_sync/checkpoint.py).
 SYNC_CHECKPOINT = SYNC + "checkpoint"
+ELECTION = "/chora/election/"
+"""One election per program: ``{ELECTION}{program}/{lease:016x}`` (``core/election.py``)."""
 HEARTBEAT = "/chora/heartbeat/"
 # One key per service the heartbeat ever beat, no lease (it outlives the health key): the
 # heartbeat_count reserved so far, so a restart or a rejoin never repeats a count.

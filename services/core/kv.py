@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops (operations, and guards, per txn)
+MAX_GUARDS = MAX_TXN_OPS - 1  # one left for a leader's fence (``Store.fence_with``)
 MAX_REQUEST_BYTES = 1_400_000  # etcd's default --max-request-bytes is 1.5 MiB; keep headroom
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,18 @@ def add_etcd_flags(p: argparse.ArgumentParser) -> None:
     add_access_flags(p)
 
 
+def add_election_flags(p: argparse.ArgumentParser, program: str) -> None:
+    p.add_argument(
+        "--election-ttl", type=int, default=env("ELECTION_TTL", 3, int),
+        help=f"seconds of the leader's session lease. Run two or three {program} "
+        "instances: one leads (/chora/election/" + program + "/), the others stand by "
+        "and take over when it goes: at once after a clean stop, within this TTL plus "
+        "about a second after a crash (3: a standby leads < 5 s after the leader is "
+        "killed; a leader that cannot reach etcd for this long steps down) "
+        "(env ELECTION_TTL; default %(default)s)",
+    )
+
+
 def add_access_flags(p: argparse.ArgumentParser) -> None:
     """etcdctl's flag names for TLS and auth; none given: plaintext, no auth."""
     g = p.add_argument_group(

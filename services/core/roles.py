@@ -43,10 +43,13 @@ class Grant:
 # user (= role, = certificate CN) -> what it may do. The role has the user's name.
 ROLES: dict[str, tuple[Grant, ...]] = {
     # the sync: the capability keys it projects, its inventory, status and checkpoint
-    "gitops-sync": (Grant(READWRITE, keys.CAPABILITIES), Grant(READWRITE, keys.SYNC)),
+    # and its election (every replica campaigns: one leads, the others stand by)
+    "gitops-sync": (Grant(READWRITE, keys.CAPABILITIES), Grant(READWRITE, keys.SYNC),
+                    Grant(READWRITE, keys.ELECTION + "gitops-sync/")),
     # the heartbeat: reads the capabilities (the service set), writes each `health` key
     # (a range grant: all of /chora/capabilities/, see the docstring), keeps its counts
-    "heartbeat": (Grant(READWRITE, keys.CAPABILITIES), Grant(READWRITE, keys.HEARTBEAT)),
+    "heartbeat": (Grant(READWRITE, keys.CAPABILITIES), Grant(READWRITE, keys.HEARTBEAT),
+                  Grant(READWRITE, keys.ELECTION + "heartbeat/")),
     # the registry service: the instances it registers; it reads all of /chora/, not only
     # the capabilities it serves: its view is one range and one watch of /chora/ at one
     # revision (gapless, read-your-writes, and a watch silent while the cluster's

@@ -51,6 +51,7 @@ from services.core.credentials import (
 from services.core.endpoints import parse_endpoints, resolve, server_name
 from services.core.errors import (
     STALE_TOKEN,
+    Fenced,
     LeaseNotFound,
     PermissionDenied,
     StoreError,
@@ -99,6 +100,14 @@ class Store:
         self._revision_by_alarm = False
         self._connections = Swapping(access, self._connect, Connection.close,
                                      period=reload_period, grace=reload_grace)
+        self._fence: Callable[[], list[Unchanged]] | None = None
+
+    def fence_with(self, fence: Callable[[], list[Unchanged]] | None) -> None:
+        """Every transaction from now on also carries the guards ``fence`` returns (a
+        leader's election key, ``leadership.py``), and one that fails on them raises
+        ``Fenced``: a leader that was frozen and replaced cannot write. ``fence`` raises
+        ``Fenced`` itself when there is nothing to lead with (a standby)."""
+        self._fence = fence
 
     def _connect(self, tls: TlsMaterial | None) -> Connection:
         return connect(self._target, self._server_name, tls, self._token)
@@ -254,22 +263,36 @@ class Store:
 
     # -- writes --------------------------------------------------------------------------
 
-    def txn(self, guards: Iterable[Unchanged], ops: Iterable[Op]) -> tuple[bool, int]:
+    def txn(self, guards: Iterable[Unchanged], ops: Iterable[Op], *,
+            fenced: bool = True) -> tuple[bool, int]:
         """Apply ``ops`` atomically if every guard holds: (succeeded, revision).
+        ``fenced=False``: without the fence's guards (the election's own writes).
 
         Not retried here: a write that timed out may have been applied, so the caller
         re-reads and re-plans instead (the guards then say whether it landed).
         """
-        guards, ops = list(guards), list(ops)
+        fence = self._fence() if fenced and self._fence is not None else []
+        guards, ops = [*fence, *guards], list(ops)
         if len(ops) > MAX_TXN_OPS or len(guards) > MAX_TXN_OPS:
             raise TooLarge(f"{len(ops)} operations; etcd accepts {MAX_TXN_OPS} per txn")
         request = encode_txn(guards, ops)
         if len(request) > MAX_REQUEST_BYTES:
             raise TooLarge(f"{len(request)} bytes; etcd accepts {MAX_REQUEST_BYTES}")
         try:
-            return self._txn(request, self.timeout)
+            ok, revision = self._txn(request, self.timeout)
         except grpc.RpcError as exc:
             raise self._refused(exc, _writing(ops)) from exc
+        if not ok and fence and not self.holds(fence):
+            raise Fenced(f"not written: {fence[0].key} is no longer this leader's")
+        return ok, revision
+
+    def holds(self, guards: Iterable[Unchanged]) -> bool:
+        """Whether every guard holds now (a linearizable read of each key)."""
+        for guard in guards:
+            kv = self.get(guard.key)
+            if (kv.mod_revision if kv is not None else 0) != guard.mod_revision:
+                return False
+        return True
 
     # -- leases --------------------------------------------------------------------------
 

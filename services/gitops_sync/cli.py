@@ -8,6 +8,7 @@ from pathlib import Path
 
 from services.core import program, signals
 from services.core.options import (
+    add_election_flags,
     add_etcd_flags,
     add_log_flags,
     add_serve_flags,
@@ -35,7 +36,14 @@ etcd's NOSPACE alarm refuses writes (the reason says how to clear it), when the
 directory is missing, or when one step of the loop has been running for too long.
 A key of ours changed by someone else is repaired within a debounce, with a warning.
 
---once prints one line: changes applied, manifest errors, files parsed of all.
+--once prints one line: changes applied, manifest errors, files parsed of all. It
+refuses to run (exit 2) while a gitops-sync daemon leads: two writers would race.
+
+high availability: run two or three daemons with the same flags. One leads (its key
+/chora/election/gitops-sync/{lease} has the lowest create revision) and syncs; the
+others stand by (/healthz 200 with "role": "standby", chora_sync_leader 0) and take
+over when it goes. Every write of the leader is a transaction that also checks its
+election key, so a leader frozen past --election-ttl and woken up writes nothing.
 
 exit codes with --once / --dry-run:
   0 every manifest valid, 1 at least one manifest rejected, 2 etcd unreachable
@@ -84,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "directory emptied one file at a time is caught like one emptied at once "
         "(env PRUNE_WINDOW; default %(default)s)",
     )
+    add_election_flags(p, "gitops-sync")
     add_serve_flags(p)
     add_log_flags(p)
     return p
@@ -100,6 +109,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_prune_ratio=args.max_prune_ratio,
         prune_window=args.prune_window,
         allow_mass_prune=args.allow_mass_prune,
+        election_ttl=args.election_ttl,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         record_metrics=not (args.once or args.dry_run) or args.metrics_port is not None,

@@ -1,6 +1,8 @@
-"""The sync daemon: wires the store, the reconciler, the metrics, the /healthz server and
-the loop together, and stops them in order with a bound on each step. ``once`` is the
-same reconciler run a single time (``--once``, ``--dry-run``)."""
+"""The sync daemon: wires the store, the reconciler, the metrics, the /healthz server,
+the election and the loop together, and stops them in order with a bound on each step.
+The loop runs only while this instance leads (``core/leadership.py``); a standby keeps
+its session and waits. ``once`` is the same reconciler run a single time (``--once``,
+``--dry-run``), without an election: it refuses to write while a daemon leads."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import time
 
 from services.core import logs, program
 from services.core.backoff import Backoff
-from services.core.errors import NoSpace, StoreError, Unavailable
+from services.core.election import leader
+from services.core.errors import Fenced, NoSpace, StoreError, Unavailable
+from services.core.leadership import Leadership, default_name, health
 from services.core.scanning import DirectoryMissing
 from services.core.store import Store
 from services.gitops_sync import loop
@@ -20,6 +24,7 @@ from services.gitops_sync.reconciling import Outcome, Reconciler
 from services.gitops_sync.settings import Settings
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREACHABLE = 0, 1, 2
+PROGRAM = "gitops-sync"  # its election: /chora/election/gitops-sync/
 
 
 class Daemon:
@@ -38,9 +43,10 @@ class Daemon:
             settings.capabilities, self.store, policy=settings.policy, metrics=self.metrics
         )
         self.liveness = Liveness(stall_after=settings.stall_after)
+        self.leadership: Leadership | None = None  # a daemon's, from ``run``
         try:
             self.httpd = program.http_server(settings.metrics_port, settings.metrics_host,
-                                             self.liveness.check, self.metrics.registry)
+                                             self.check, self.metrics.registry)
         except ValueError:
             self.close()
             raise
@@ -49,18 +55,34 @@ class Daemon:
     def stop(self) -> None:
         """Ask the daemon to stop (signal handlers call this); ``run`` returns soon after."""
         self.stopping.set()
+        if self.leadership is not None:
+            self.leadership.interrupt()
+
+    def check(self) -> tuple[bool, dict[str, object]]:
+        """/healthz (``leadership.health``)."""
+        return health(self.leadership, self.liveness.check)
 
     def run(self) -> int:
         s = self.settings
+        self.leadership = Leadership(
+            self.store, PROGRAM, ttl=s.election_ttl, name=default_name(s.metrics_port),
+            on_change=lambda role: self.metrics.leader.set(role == "leader"))
         if self.httpd is not None:
             self.httpd.start()
             self.log.info("serving /metrics and /healthz", port=self.httpd.port)
         self.log.info("gitops sync started", capabilities=str(s.capabilities),
-                      endpoints=self.store.endpoints, interval=s.reconcile_interval)
+                      endpoints=self.store.endpoints, interval=s.reconcile_interval,
+                      election_ttl=s.election_ttl)
+        self.leadership.start()
         try:
-            loop.run(self.reconciler, self.stopping, interval=s.reconcile_interval,
-                     debounce=s.debounce, liveness=self.liveness)
+            while (term := self.leadership.term(self.stopping)) is not None:
+                try:
+                    loop.run(self.reconciler, term, interval=s.reconcile_interval,
+                             debounce=s.debounce, liveness=self.liveness)
+                except Fenced as exc:
+                    self.leadership.deposed(str(exc))
         finally:
+            self.leadership.stop()  # after the last write: resign, a standby leads
             if self.httpd is not None:
                 self.httpd.stop()
             self.close()
@@ -74,6 +96,10 @@ class Daemon:
         was applied (or planned), the manifest errors, and how many files were parsed of
         all (an unchanged restart parses none)."""
         try:
+            if not dry_run and (busy := self._leader()):
+                self.log.error("a gitops-sync daemon leads; --once would write beside it",
+                               leader=busy, hint="stop it, or use --dry-run")
+                return EXIT_UNREACHABLE
             outcome = self._full_within(3 * self.settings.etcd_timeout, dry_run=dry_run)
         except NoSpace as exc:
             self.log.error("etcd refuses writes", error=str(exc))
@@ -103,6 +129,10 @@ class Daemon:
         for err in outcome.errors:
             print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID if outcome.errors else EXIT_OK
+
+    def _leader(self) -> str | None:
+        kv = leader(self.store, PROGRAM)
+        return kv.value.decode(errors="replace") if kv is not None else None
 
     def _full_within(self, seconds: float, *, dry_run: bool) -> Outcome:
         deadline = time.monotonic() + seconds

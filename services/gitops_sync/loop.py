@@ -21,7 +21,7 @@ from pathlib import Path
 
 from services.core import keys, logs
 from services.core.backoff import Backoff
-from services.core.errors import NoSpace, StoreError, Unavailable
+from services.core.errors import Fenced, NoSpace, StoreError, Unavailable
 from services.core.scanning import DirectoryMissing
 from services.gitops_sync.drifting import Drifted, DriftWatch
 from services.gitops_sync.metrics import Metrics
@@ -102,7 +102,7 @@ class Liveness:
 
 def run(
     reconciler: Reconciler,
-    stop: threading.Event,
+    stop: threading.Event,  # set when the daemon stops or its term as leader ends
     *,
     interval: float = 60.0,
     debounce: float = 0.05,
@@ -218,6 +218,8 @@ def _attempt(
 ) -> bool:
     try:
         outcome = action()
+    except Fenced:
+        raise  # not this instance's to write any more: the daemon ends its term
     except NoSpace as exc:
         metrics.etcd_failures.inc()
         metrics.reconciles.labels("any", "etcd_nospace").inc()

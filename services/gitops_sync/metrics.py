@@ -51,6 +51,10 @@ class Metrics:
             "Manifest files parsed (YAML and schema). A file whose bytes are those the "
             "sync last projected (their sha256 is in its inventory) is not parsed again",
             registry=r)
+        self.leader = Gauge(
+            "chora_sync_leader",
+            "1 while this instance leads the gitops-sync election and syncs, 0 while it "
+            "stands by (exactly one instance should report 1)", registry=r)
 
     @classmethod
     def unrecorded(cls) -> Metrics:

@@ -30,6 +30,8 @@ class Settings:
     """Seconds over which prunes are added up for ``max_prune_ratio``."""
     allow_mass_prune: bool = False
     """Prune whatever the directory no longer holds, however much that is."""
+    election_ttl: int = 3
+    """Seconds of the leader's session lease: a crashed leader is replaced within it."""
     metrics_port: int | None = None
     """Serve /metrics and /healthz on this port (None: off)."""
     metrics_host: str = "0.0.0.0"
@@ -44,6 +46,8 @@ class Settings:
         for name in ("etcd_timeout", "reconcile_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.election_ttl < 2:
+            raise ValueError("--election-ttl must be at least 2 (etcd's shortest lease)")
         if self.debounce < 0 or self.prune_window < 0:
             raise ValueError("--debounce and --prune-window cannot be negative")
 

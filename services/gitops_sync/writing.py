@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from concurrent.futures import Executor
 
 from services.core import keys, logs
-from services.core.kv import MAX_REQUEST_BYTES, MAX_TXN_OPS, Delete, Put, Unchanged
+from services.core.kv import MAX_GUARDS, MAX_REQUEST_BYTES, MAX_TXN_OPS, Delete, Put, Unchanged
 from services.core.store import Store
 from services.gitops_sync.checkpoint import Checkpoint, contiguous, nothing_else_changed
 from services.gitops_sync.metrics import Metrics
@@ -31,18 +31,21 @@ def _size(op: Put | Delete) -> int:
 
 
 def batches(changes: Iterable[Change]) -> list[list[Change]]:
-    """Whole capabilities packed into transactions within etcd's op and size limits."""
+    """Whole capabilities packed into transactions within etcd's op and size limits
+    (guards: one fewer, for the leader's fence)."""
     out: list[list[Change]] = []
     current: list[Change] = []
-    ops = size = 0
+    ops = guards = size = 0
     for change in changes:
-        c_ops = len(change.ops)
-        c_size = sum(_size(op) for op in change.ops) + 32 * len(change.guards)
-        if current and (ops + c_ops > MAX_TXN_OPS or size + c_size > MAX_REQUEST_BYTES):
+        c_ops, c_guards = len(change.ops), len(change.guards)
+        c_size = sum(_size(op) for op in change.ops) + 32 * (c_guards + 1)
+        if current and (ops + c_ops > MAX_TXN_OPS or guards + c_guards > MAX_GUARDS
+                        or size + c_size > MAX_REQUEST_BYTES):
             out.append(current)
-            current, ops, size = [], 0, 0
+            current, ops, guards, size = [], 0, 0, 0
         current.append(change)
         ops += c_ops
+        guards += c_guards
         size += c_size
     if current:
         out.append(current)

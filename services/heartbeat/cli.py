@@ -10,6 +10,7 @@ from pathlib import Path
 
 from services.core import program, signals
 from services.core.options import (
+    add_election_flags,
     add_etcd_flags,
     add_log_flags,
     add_serve_flags,
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resync", type=float, default=env("HEARTBEAT_RESYNC", 60.0, float),
                    help="seconds between full re-reads of the capabilities (env "
                         "HEARTBEAT_RESYNC; default %(default)s)")
+    add_election_flags(p, "heartbeat")
     add_serve_flags(p)
     add_log_flags(p)
     return p
@@ -68,6 +70,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         interval=args.interval,
         capabilities_dir=args.capabilities,
         revoke_on_exit=args.revoke_on_exit,
+        election_ttl=args.election_ttl,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         resync=args.resync,

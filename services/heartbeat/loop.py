@@ -66,8 +66,13 @@ class Heartbeat:
         log: FilteringBoundLogger,
         *,
         clock: Callable[[], float] = time.monotonic,
+        may_revoke: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
+        # A revoke is not a transaction, so the store's fence cannot guard it: asked
+        # before each batch (a leader frozen and replaced must not revoke a lease its
+        # successor adopted).
+        self.may_revoke = may_revoke
         self.settings = settings
         self.metrics = metrics
         self.log = log
@@ -241,6 +246,8 @@ class Heartbeat:
     def _submit_revokes(self, now: float) -> None:
         """Send the queued revokes on the lease pool; a failed one is queued again (not
         before a second from then), until its lease would have run out anyway."""
+        if self._revokes and not self.may_revoke():
+            return
         for _ in range(len(self._revokes)):
             lease, give_up, not_before = self._revokes.popleft()
             if now > give_up:
@@ -351,6 +358,15 @@ class Heartbeat:
         self.last_ok, self.last_error = self.clock(), None
 
     # -- exit ----------------------------------------------------------------------------
+
+    def abandon(self) -> None:
+        """This loop's term as leader ended without a stop (its session was lost, or a
+        write was fenced): write nothing more, leave every lease to the next leader."""
+        self.probes.close()
+        self._lease_pool.shutdown(wait=False, cancel_futures=True)
+        self._io_pool.shutdown(wait=False, cancel_futures=True)
+        self.log.info("no longer leading: leases left to the next leader",
+                      services=len(self.sessions))
 
     def finish(self) -> None:
         """Leave the leases for a successor (refreshed one last time), or revoke them all;

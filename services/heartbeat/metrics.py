@@ -89,6 +89,9 @@ class Metrics:
         self.probes = Counter(
             "heartbeat_probe_results", "Probe results", ["check", "result"], registry=r
         )
+        self.leader = Gauge(
+            "heartbeat_leader", "1 while this instance leads the heartbeat election and "
+            "beats, 0 while it stands by (exactly one instance should report 1)", registry=r)
 
     def observe_lags(self, values: list[float]) -> None:
         for v in values:

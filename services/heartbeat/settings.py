@@ -23,6 +23,8 @@ class Settings:
     """Take the service set from manifests in this directory instead of from etcd."""
     revoke_on_exit: bool = False
     """On SIGTERM/SIGINT revoke every lease (keys vanish) instead of leaving them."""
+    election_ttl: int = 3
+    """Seconds of the leader's session lease: a crashed leader is replaced within it."""
     metrics_port: int | None = None
     """Serve /metrics and /healthz on this port (None: off)."""
     metrics_host: str = "0.0.0.0"
@@ -51,6 +53,8 @@ class Settings:
                 f"interval ({self.interval}s) must be positive and shorter than ttl "
                 f"({self.ttl}s), or every key expires between two beats"
             )
+        if self.election_ttl < 2:
+            raise ValueError("--election-ttl must be at least 2 (etcd's shortest lease)")
         for name in ("etcd_timeout", "resync"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")

@@ -13,6 +13,7 @@ from services.core.store import Store
 from services.gitops_sync.daemon import Daemon
 from services.gitops_sync.plan import Policy
 from services.gitops_sync.settings import Settings
+from tests.faults.history import replay
 
 
 class SyncDaemon:
@@ -34,11 +35,19 @@ class SyncDaemon:
         self.daemon = Daemon(settings)
         self.store, self.reconciler = self.daemon.store, self.daemon.reconciler
         self.liveness, self.metrics = self.daemon.liveness, self.daemon.metrics
+        self.check = self.daemon.check  # what /healthz answers
         self.thread = threading.Thread(target=self.daemon.run, daemon=True)
 
     def start(self) -> SyncDaemon:
         self.thread.start()
         return self
+
+    def etcd_failures(self) -> int:
+        """Attempts that could not reach etcd: the loop's while it led, the election's
+        after it stepped down (a leader without etcd for its TTL stands by)."""
+        leadership = self.daemon.leadership
+        return (int(self.metrics.etcd_failures._value.get())
+                + (leadership.failures if leadership else 0))
 
     @property
     def synced_once(self) -> bool:
@@ -48,6 +57,17 @@ class SyncDaemon:
         self.daemon.stop()
         self.thread.join(30)
         assert not self.thread.is_alive(), "sync loop did not stop"
+
+
+def written_since(store: Store, revision: int) -> set[str]:
+    """Keys written (put or deleted) after ``revision``, from etcd's history, the
+    election's aside: a daemon's start puts its candidate key and its stop deletes it,
+    which is what "a restart writes nothing" leaves out."""
+    now = store.revision()
+    if now == revision:
+        return set()
+    changes = replay(store, "/chora/", revision + 1, now, timeout=10)
+    return {k for k in changes if not k.startswith(keys.ELECTION)}
 
 
 def value(store: Store, namespace: str, name: str) -> str | None:

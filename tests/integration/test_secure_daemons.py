@@ -117,7 +117,7 @@ def test_the_sync_as_its_own_user_follows_the_directory(secure_etcd, root_store,
                  .value == b"2.0.0", 10, what="update")
         status = json.loads(root_store.get(keys.SYNC_STATUS).value)
         assert status["capabilities"] == 2 and status["errors"] == []
-        wait_for(lambda: daemon.liveness.check()[0], 10, what="/healthz ok (its etcd ping)")
+        wait_for(lambda: daemon.check()[0], 10, what="/healthz ok (its etcd ping)")
         assert daemon.store.identity == "gitops-sync"
 
 

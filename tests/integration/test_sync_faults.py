@@ -101,17 +101,17 @@ def test_quorum_lost_and_restored_converges_with_nothing_lost_and_no_busy_retry(
     d = SyncDaemon(caps, fresh_cluster.endpoints, interval=3600).start()
     try:
         wait_for(lambda: namespaces(observer) == expected(10))
-        failures_before = d.metrics.etcd_failures._value.get()
+        failures_before = d.etcd_failures()
         survivors_down = fresh_cluster.members[1:]
         for m in survivors_down:
             m.kill()
         write_batch(caps, 10, 5)
         write_batch(caps, 0, 2, version="3.0.0")
         (caps / "c9.yaml").unlink()
-        wait_for(lambda: not d.liveness.etcd_ok, timeout=20, what="daemon notices the outage")
+        wait_for(lambda: not d.check()[0], timeout=20, what="daemon notices the outage")
         outage_start = time.monotonic()
         wait_for(
-            lambda: d.metrics.etcd_failures._value.get() - failures_before >= 2,
+            lambda: d.etcd_failures() - failures_before >= 2,
             timeout=30,
             what="retries during the outage",
         )
@@ -123,10 +123,10 @@ def test_quorum_lost_and_restored_converges_with_nothing_lost_and_no_busy_retry(
         want = expected(15) - {"chora.fault.c9"}
         wait_for(lambda: namespaces(observer) == want, timeout=40, what="convergence")
         wait_for(lambda: value(observer, "chora.fault.c1", "version") == "3.0.0", timeout=10)
-        attempts = d.metrics.etcd_failures._value.get() - failures_before
+        attempts = d.etcd_failures() - failures_before
         # Backoff, not a spin: a handful of attempts over the whole outage.
         assert attempts <= 4 + outage, attempts
-        assert d.liveness.etcd_ok
+        assert d.check()[0]
     finally:
         d.stop()
 
@@ -137,17 +137,17 @@ def test_healthz_turns_503_with_the_reason_within_15_seconds_of_losing_quorum(
     d = SyncDaemon(caps, fresh_cluster.endpoints, interval=3600).start()
     try:
         wait_for(lambda: namespaces(observer) == expected(10))
-        wait_for(lambda: d.liveness.check()[0], what="healthy")
+        wait_for(lambda: d.check()[0], what="healthy")
         lost = time.monotonic()
         for m in fresh_cluster.members[1:]:
             m.kill()
-        wait_for(lambda: not d.liveness.check()[0], timeout=20, what="503")
+        wait_for(lambda: not d.check()[0], timeout=20, what="503")
         assert time.monotonic() - lost <= 15
-        assert "etcd unreachable" in d.liveness.check()[1]["reason"]
+        assert "etcd unreachable" in d.check()[1]["reason"]
         for m in fresh_cluster.members[1:]:
             m.start()
         back = time.monotonic()
-        wait_for(lambda: d.liveness.check()[0], timeout=30, what="200 again")
+        wait_for(lambda: d.check()[0], timeout=30, what="200 again")
         write_batch(caps, 10, 1)
         wait_for(lambda: namespaces(observer) == expected(11), timeout=10, what="syncing again")
         assert time.monotonic() - back < 30

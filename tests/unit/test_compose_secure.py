@@ -171,6 +171,9 @@ def test_the_bootstrap_creates_exactly_the_users_and_roles_of_the_table():
     assert grants == {
         ("gitops-sync", "readwrite", "/chora/capabilities/", "/chora/capabilities0"),
         ("gitops-sync", "readwrite", "/chora/sync/", "/chora/sync0"),
+        ("gitops-sync", "readwrite", "/chora/election/gitops-sync/",
+         "/chora/election/gitops-sync0"),
+        ("heartbeat", "readwrite", "/chora/election/heartbeat/", "/chora/election/heartbeat0"),
         ("heartbeat", "readwrite", "/chora/capabilities/", "/chora/capabilities0"),
         ("heartbeat", "readwrite", "/chora/heartbeat/", "/chora/heartbeat0"),
         ("registry", "readwrite", "/chora/services/", "/chora/services0"),
