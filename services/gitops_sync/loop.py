@@ -110,6 +110,10 @@ def run(
 ) -> None:
     liveness = liveness or Liveness()
     events = Debouncer(quiet=debounce)
+    # A stop wakes the wait for file events at once: a standby leads within a round trip
+    # of the resignation, which comes after this loop ends.
+    threading.Thread(target=_wake_on_stop, args=(stop, events), name="sync-stop",
+                     daemon=True).start()
     watcher: Watcher | None = None
     drift: list[DriftWatch] = []
     backoff = Backoff(initial=0.5, cap=10.0)
@@ -158,6 +162,11 @@ def run(
             w.stop()
         if watcher is not None:
             watcher.stop()
+
+
+def _wake_on_stop(stop: threading.Event, events: Debouncer) -> None:
+    stop.wait()
+    events.add(RESCAN)
 
 
 def _watch_drift(reconciler: Reconciler, events: Debouncer) -> list[DriftWatch]:
