@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed-stamp
 SECURE ?=
 PKI    := .data/pki
 secure  = $(filter 1 yes true on,$(SECURE))
+HA     ?=
+ha      = $(filter 1 yes true on,$(HA))
 as      = $(if $(secure),--cacert $(PKI)/ca.crt --cert $(PKI)/$(1).crt --key $(PKI)/$(1).key)
 
 .PHONY: up certs test lint e2e status backup restore bench bench-registry clean
@@ -18,8 +20,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-up: $(STAMP)  ## three local etcd members on the seed's ports, both daemons, the registry on 8500; Ctrl-C stops all (SECURE=1: TLS + auth)
-	$(PY) scripts/up.py $(if $(secure),--secure)
+up: $(STAMP)  ## three local etcd members on the seed's ports, both daemons, the registry on 8500; Ctrl-C stops all (SECURE=1: TLS + auth; HA=1: two of each daemon)
+	$(PY) scripts/up.py $(if $(secure),--secure) $(if $(ha),--ha)
 
 certs: $(STAMP)  ## the local CA and certificates under .data/pki/ only (for docker-compose.secure.yml)
 	$(PY) scripts/up.py --certs

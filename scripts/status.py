@@ -32,6 +32,7 @@ EXIT_OK, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
 # the heartbeat's: health keys expire) until an operator clears it, and nothing else
 # shows it: every member still answers and looks healthy.
 HOW_TO_CLEAR = {"NOSPACE": NoSpace.HOW_TO_CLEAR}
+PROGRAMS = ("gitops-sync", "heartbeat")  # the daemons that elect a leader (core/leadership.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +78,10 @@ def collect(endpoints: list[str], timeout: float = 2.0,
         try:
             kvs, revision = store.get_prefix(keys.CAPABILITIES, keys_only=True)
             sync = store.get(keys.SYNC_STATUS)
+            candidates, _ = store.get_prefix(keys.ELECTION)
             readable = True
         except StoreError:  # members answer, but there is no quorum for a read
-            kvs, revision, sync, readable = {}, 0, None, False
+            kvs, revision, sync, candidates, readable = {}, 0, None, {}, False
         alarms: list[str] | None = None  # None: unknown (asking needs a quorum)
         if readable:
             try:
@@ -96,8 +98,13 @@ def collect(endpoints: list[str], timeout: float = 2.0,
         except ValueError:
             last_sync = {"unreadable": sync.value.decode(errors="replace")}
         last_sync["revision"] = sync.mod_revision
+    daemons: dict[str, list[str]] = {program: [] for program in PROGRAMS}
+    for kv in sorted(candidates.values(), key=lambda kv: kv.create_revision):
+        program = kv.key[len(keys.ELECTION):].split("/", 1)[0]
+        daemons.setdefault(program, []).append(kv.value.decode(errors="replace"))
     return {
         "endpoints": endpoints,
+        "daemons": daemons,  # program -> its instances, the leader first
         "members": members,
         "leader": names.get(leader) if leader else None,
         "quorum": readable,
@@ -170,6 +177,12 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"capabilities:  {report['capabilities']}")
     lines.append(f"live health:   {report['live_health_keys']}"
                  + (f"  ({', '.join(report['health_keys'])})" if report["health_keys"] else ""))
+    for program, instances in report["daemons"].items():
+        if not instances:
+            lines.append(f"{program + ':':<15}NO LEADER (no instance running)")
+            continue
+        standby = f"; standby {', '.join(instances[1:])}" if instances[1:] else "; no standby"
+        lines.append(f"{program + ':':<15}leader {instances[0]}{standby}")
     sync = report["last_sync"]
     if sync is None:
         lines.append("last sync:     never (no /chora/sync/status key)")

@@ -43,6 +43,7 @@ from services.core.pki import Pki  # noqa: E402
 from services.core.roles import IDENTITIES  # noqa: E402
 
 SYNC_METRICS, HEARTBEAT_METRICS = 9101, 9102
+STANDBY_OFFSET = 10  # --ha: the second instance of each daemon serves on 9111 / 9112
 REGISTRY_PORT = 8500  # the seed's port; the `manifest` CLI's default URL
 REGISTRY_READY_WAIT = 30.0  # seconds for the registry's first read of etcd
 STOP_WAIT = 15.0  # seconds each process gets after SIGTERM before SIGKILL
@@ -158,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secure", action="store_true",
                    help="TLS with client certificates and etcd auth, one identity per "
                         "program; certificates under .data/pki/ (make up SECURE=1)")
+    p.add_argument("--ha", action="store_true",
+                   help="two instances of each daemon (make up HA=1): one leads, the other "
+                        "stands by and takes over when the leader stops or dies "
+                        "(the second serves /healthz and /metrics on 9111 / 9112)")
     p.add_argument("--certs", action="store_true",
                    help="only make the CA and the certificates under .data/pki/ (what "
                         "docker-compose.secure.yml mounts) and exit (make certs)")
@@ -203,15 +208,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.secure:
             (data / SECURE_MARK).touch()
         endpoints = ",".join(cluster.endpoints)
-        commands = {
-            "gitops-sync": ["-m", "services.gitops_sync", "--capabilities",
-                            str(ROOT / "capabilities"), "--metrics-port", str(SYNC_METRICS),
-                            *security_flags(cluster, "gitops_sync", "gitops-sync")],
-        }
-        if (ROOT / "services" / "heartbeat" / "__main__.py").exists():
-            commands["heartbeat"] = ["-m", "services.heartbeat",
-                                     "--metrics-port", str(HEARTBEAT_METRICS),
-                                     *security_flags(cluster, "heartbeat", "heartbeat")]
+        commands: dict[str, list[str]] = {}
+        for i in range(2 if args.ha else 1):
+            suffix = f" #{i + 1}" if args.ha else ""
+            commands["gitops-sync" + suffix] = [
+                "-m", "services.gitops_sync", "--capabilities", str(ROOT / "capabilities"),
+                "--metrics-port", str(SYNC_METRICS + i * STANDBY_OFFSET),
+                *security_flags(cluster, "gitops_sync", "gitops-sync")]
+            commands["heartbeat" + suffix] = [
+                "-m", "services.heartbeat",
+                "--metrics-port", str(HEARTBEAT_METRICS + i * STANDBY_OFFSET),
+                *security_flags(cluster, "heartbeat", "heartbeat")]
         for name, command in commands.items():
             daemons[name] = subprocess.Popen(
                 [sys.executable, *command, "--endpoints", endpoints], cwd=ROOT,
@@ -230,9 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         if cluster.tls is not None:
             print(f"  identities:  {cluster.tls.root}/{{root,gitops-sync,heartbeat,registry,"
                   "reader}.{crt,key}  (make status/e2e/backup SECURE=1)")
-        print(f"gitops-sync:   http://127.0.0.1:{SYNC_METRICS}/healthz  /metrics")
-        if "heartbeat" in daemons:
-            print(f"heartbeat:     http://127.0.0.1:{HEARTBEAT_METRICS}/healthz  /metrics")
+        for name, port in (("gitops-sync", SYNC_METRICS), ("heartbeat", HEARTBEAT_METRICS)):
+            urls = "  ".join(f"http://127.0.0.1:{port + i * STANDBY_OFFSET}/healthz"
+                             for i in range(2 if args.ha else 1))
+            print(f"{name + ':':<15}{urls}  /metrics"
+                  + ("   (one leads, one stands by: make status)" if args.ha else ""))
         print(f"registry:      http://127.0.0.1:{REGISTRY_PORT}/v1/health  /metrics  /docs"
               "   (.venv/bin/manifest list)")
         print("member logs:   .data/etcd*.log    stop: Ctrl-C\n", flush=True)

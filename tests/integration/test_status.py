@@ -16,7 +16,9 @@ from services.core.errors import NoSpace
 from services.core.kv import Put
 from services.core.localcluster import LocalCluster, etcd_binary, free_ports
 from services.core.store import Store
+from tests.conftest import wait_for
 from tests.integration.daemon_processes import REPO
+from tests.integration.sync_harness import SyncDaemon
 
 SCRIPT = REPO / "scripts" / "status.py"
 TINY_QUOTA = 1024 * 1024  # bytes: a few large puts exceed it
@@ -172,3 +174,25 @@ def test_an_ok_cluster_reports_no_alarms(etcd, store):
     report = json.loads(status(etcd.endpoints, "--json").stdout)
     assert report["alarms"] == [] and report["how_to_clear"] == {}
     assert "alarms:        none" in status(etcd.endpoints).stdout
+
+
+def test_the_report_names_each_daemons_leader_and_standbys(etcd, store, tmp_path):
+    """Two syncs (in this process: they carry the same host:pid name, so the order is
+    what tells them apart), no heartbeat at all."""
+    first = SyncDaemon(tmp_path, etcd.endpoints).start()
+    try:
+        wait_for(lambda: first.check()[1].get("role") == "leader", what="the first leading")
+        second = SyncDaemon(tmp_path, etcd.endpoints).start()
+        try:
+            wait_for(lambda: second.check()[1].get("role") == "standby",
+                     what="the second standing by")
+            report = json.loads(status(etcd.endpoints, "--json").stdout)
+            name = first.check()[1]["candidate"]
+            assert report["daemons"] == {"gitops-sync": [name, name], "heartbeat": []}
+            text = status(etcd.endpoints).stdout
+            assert f"gitops-sync:   leader {name}; standby {name}" in text
+            assert "heartbeat:     NO LEADER (no instance running)" in text
+        finally:
+            second.stop()
+    finally:
+        first.stop()
