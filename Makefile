@@ -12,7 +12,7 @@ HA     ?=
 ha      = $(filter 1 yes true on,$(HA))
 as      = $(if $(secure),--cacert $(PKI)/ca.crt --cert $(PKI)/$(1).crt --key $(PKI)/$(1).key)
 
-.PHONY: up certs test lint e2e status backup restore bench bench-registry clean
+.PHONY: up certs test lint e2e status backup restore bench bench-registry monitor prometheus-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ up: $(STAMP)  ## three local etcd members on the seed's ports, both daemons, the
 certs: $(STAMP)  ## the local CA and certificates under .data/pki/ only (for docker-compose.secure.yml)
 	$(PY) scripts/up.py --certs
 
-test: $(STAMP)  ## lint + the whole suite (unit, integration against real etcd, static checks) + the fault matrix
+test: $(STAMP) prometheus-tools  ## lint + the whole suite (unit, integration against real etcd, static checks) + the fault matrix
 	$(PY) -m ruff check services chora_manifest_client chora_manifests scripts tests infrastructure
 	$(VENV)/bin/lint-imports  # the layer contracts in pyproject.toml
 	$(PY) -m pytest -m "not fault"
@@ -63,6 +63,24 @@ bench-registry: $(STAMP)  ## the registry service vs the seed's etcd backend (~1
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq hey >/dev/null && command -v hey >/dev/null 2>&1 \
 	) || { echo "make bench-registry needs the load generator hey: install it with 'sudo apt-get install -y hey' (Debian/Ubuntu) and run it again" >&2; exit 2; }
 	$(PY) scripts/bench_registry.py $(BENCH_ARGS)
+
+# The monitoring tests run the real promtool and prometheus (infrastructure/etcd/monitoring/):
+# Debian's package prometheus, installed here when missing and possible (root, or sudo
+# without a password), else a one-line how-to. No recommends: not the node exporter. On a
+# host with systemd the package also starts its own service on :9090 (systemctl disable
+# --now prometheus stops it; `make monitor` needs that port).
+prometheus-tools:
+	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || ( \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else exit 1; fi; \
+	  command -v apt-get >/dev/null 2>&1 && echo "installing promtool and prometheus (apt-get install -y prometheus) ..." && \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null && \
+	  command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
+	) || { echo "make test needs promtool and prometheus: install them with 'sudo apt-get install -y prometheus' (Debian/Ubuntu) and run it again" >&2; exit 2; }
+
+monitor: prometheus-tools  ## Prometheus with alerts.yml against `make up`, on http://127.0.0.1:9090 (data: .data/prometheus)
+	prometheus --config.file=infrastructure/etcd/monitoring/prometheus.yml \
+	  --storage.tsdb.path=.data/prometheus --web.listen-address=127.0.0.1:9090
 
 clean:
 	rm -rf $(VENV) .data

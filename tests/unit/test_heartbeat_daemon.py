@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 
 from services.core import keys
-from services.core.kv import KeyValue, Op, Put, Unchanged
+from services.core.kv import Delete, KeyValue, Op, Unchanged
 from services.heartbeat.daemon import Daemon
 from services.heartbeat.settings import Settings
 from tests.conftest import wait_for
@@ -35,8 +35,9 @@ class Watch:
 
 
 class Etcd:
-    """Just enough etcd for a daemon: capability keys to discover, leases, txns; every
-    call is recorded, in order, for the shutdown's sequence."""
+    """Just enough etcd for a daemon: capability keys to discover, leases, txns, and an
+    election nobody else runs in; every call is recorded, in order, for the shutdown's
+    sequence (the session's lease revoked at the end is recorded as "resign")."""
 
     def __init__(self, services: Iterable[str]) -> None:
         self.kv: dict[str, tuple[bytes, int]] = {
@@ -45,6 +46,20 @@ class Etcd:
         self.closed = False
         self._lease = 100
         self._lock = threading.Lock()
+        self._election_leases: set[int] = set()
+        self.fence = None
+        self.timeout = 1.0
+
+    def fence_with(self, fence) -> None:  # type: ignore[no-untyped-def]
+        self.fence = fence
+
+    def get(self, key: str) -> KeyValue | None:
+        with self._lock:
+            value = self.kv.get(key)
+            return None if value is None else KeyValue(key, value[0], 1, 1, value[1])
+
+    def holds(self, guards: Iterable[Unchanged]) -> bool:
+        return all(self.get(g.key) is not None for g in guards)
 
     def get_prefix(self, prefix: str) -> tuple[dict[str, KeyValue], int]:
         with self._lock:
@@ -64,14 +79,21 @@ class Etcd:
         return {lease: 30 for lease in lease_ids}
 
     def revoke(self, lease_id: int) -> None:
-        self.calls.append("revoke")
+        self.calls.append("resign" if lease_id in self._election_leases else "revoke")
 
-    def txn(self, guards: Iterable[Unchanged], ops: Iterable[Op]) -> tuple[bool, int]:
+    def txn(self, guards: Iterable[Unchanged], ops: Iterable[Op], *,
+            fenced: bool = True) -> tuple[bool, int]:
+        election = False
         with self._lock:
             for op in ops:
-                assert isinstance(op, Put)
+                election = election or op.key.startswith(keys.ELECTION)
+                if isinstance(op, Delete):
+                    self.kv.pop(op.key, None)
+                    continue
                 self.kv[op.key] = (op.value, op.lease)
-        self.calls.append("txn")
+                if op.key.startswith(keys.ELECTION):
+                    self._election_leases.add(op.lease)
+        self.calls.append("election" if election else "txn")
         return True, 2
 
     def revision(self) -> int:

@@ -48,6 +48,8 @@ DAEMONS = {
     "gitops-sync": ("services.gitops_sync", "gitops-sync"),
     "heartbeat": ("services.heartbeat", "heartbeat"),
 }
+# A second instance of each daemon: standby -> (its daemon's service, host port)
+STANDBYS = {"gitops-sync-standby": ("gitops-sync", 9111), "heartbeat-standby": ("heartbeat", 9112)}
 # The registry service: compose service, module, Dockerfile stage it is built from (the
 # image every program shares, started with the registry's command), its port.
 REGISTRY, REGISTRY_MODULE, REGISTRY_STAGE, REGISTRY_PORT = (
@@ -96,9 +98,21 @@ def test_the_schema_really_rejects_a_broken_compose_file(compose, validator, bre
     assert _errors(validator, broken)
 
 
-def test_compose_runs_exactly_the_topology_members_the_two_daemons_and_the_registry(compose):
-    names = set(compose["services"])
-    assert names == {m.name for m in topology.MEMBERS} | set(DAEMONS) | {REGISTRY}
+def test_compose_runs_exactly_the_topology_members_two_of_each_daemon_and_the_registry(
+        compose):
+    names = {n for n, s in compose["services"].items() if "profiles" not in s}
+    assert names == ({m.name for m in topology.MEMBERS} | set(DAEMONS) | set(STANDBYS)
+                     | {REGISTRY})
+
+
+@pytest.mark.parametrize("name", sorted(STANDBYS))
+def test_each_standby_runs_its_daemon_as_it_is_run_on_another_host_port(compose, name):
+    daemon, host_port = STANDBYS[name]
+    standby, primary = compose["services"][name], compose["services"][daemon]
+    same = ("command", "environment", "build", "image", "depends_on", "healthcheck")
+    assert {k: standby.get(k) for k in same} == {k: primary.get(k) for k in same}
+    assert standby["ports"] == [f"{host_port}:{primary['environment']['METRICS_PORT']}"]
+    assert standby["container_name"] != primary["container_name"]
 
 
 @pytest.mark.parametrize("member", topology.MEMBERS, ids=lambda m: m.name)
