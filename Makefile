@@ -49,9 +49,10 @@ restore: $(STAMP)  ## make restore SNAPSHOT=.data/backups/etcd-....db (with make
 	@test -n "$(SNAPSHOT)" || { echo "usage: make restore SNAPSHOT=path/to/snapshot.db (make up must be stopped)"; exit 2; }
 	$(PY) scripts/backup.py restore $(SNAPSHOT) $(if $(secure),--secure)
 
-bench: $(STAMP)  ## the three benchmarks, each beside its naive baseline (not pass/fail)
+bench: $(STAMP)  ## the four benchmarks, each beside its naive baseline (not pass/fail)
 	$(PY) scripts/bench_sync.py
 	$(PY) scripts/bench_heartbeat.py
+	$(PY) scripts/bench_takeover.py
 	$(MAKE) --no-print-directory bench-registry
 
 # The registry's reads need a real load generator: hey, from Debian's packages, installed
