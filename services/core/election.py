@@ -70,9 +70,11 @@ class Election:
         self._create_revision = kv.create_revision
         self._fence = Unchanged(self.key, kv.mod_revision)
 
-    def campaign(self, stop: threading.Event) -> bool:
+    def campaign(self, stop: threading.Event,
+                 waiting: Callable[[KeyValue], None] | None = None) -> bool:
         """Block until this candidate leads (True), or ``stop`` is set or the session is
-        lost (False). Raises the store's errors: the caller backs off and tries again."""
+        lost (False). ``waiting`` is told the leader's key each time this candidate has
+        to wait. Raises the store's errors: the caller backs off and tries again."""
         self._enter()
         while not (stop.is_set() or self.session.done.is_set()):
             candidates, revision = self.store.get_prefix(self.prefix)
@@ -83,6 +85,8 @@ class Election:
             if not earlier:
                 return True
             predecessor = max(earlier, key=lambda kv: kv.create_revision)
+            if waiting is not None:
+                waiting(min(earlier, key=lambda kv: kv.create_revision))
             self._wait_deleted(predecessor.key, revision + 1, stop)
         return False
 

@@ -16,7 +16,6 @@ its last keep-alive (sent every ttl/3); a clean stop deletes it at once.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import threading
@@ -24,15 +23,14 @@ from collections.abc import Callable
 
 from services.core import logs
 from services.core.backoff import Backoff
-from services.core.election import Election, leader
+from services.core.election import Election
 from services.core.errors import Fenced, StoreError
-from services.core.kv import Unchanged
+from services.core.kv import KeyValue, Unchanged
 from services.core.session import Session
 from services.core.store import Store
 
 TTL = 3  # seconds; the daemons' --election-ttl default (a crashed leader replaced in < 5 s)
 POLL = 0.05  # seconds between two looks at "did the term end?"
-ROLES = ("starting", "standby", "leader")
 
 
 def default_name(port: int | None = None) -> str:
@@ -67,7 +65,8 @@ class Leadership:
         self._leading = threading.Event()
         self._ended = threading.Event()  # of the current term; set when it ends
         self._deposed = threading.Event()
-        self._stop = threading.Event()
+        self._quit = threading.Event()  # the daemon is stopping: no new term, ever
+        self._stop = threading.Event()  # its last write is done: resign now
         self._fence: list[Unchanged] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"election-{program}",
@@ -89,17 +88,21 @@ class Leadership:
 
     def term(self, stopping: threading.Event) -> threading.Event | None:
         """Block until this process leads: an event set when the term ends (leadership
-        lost, or ``interrupt``); None once ``stopping`` is set."""
-        while not stopping.is_set():
+        lost, or ``interrupt``); None once ``stopping`` is set or it was interrupted."""
+        while not (stopping.is_set() or self._quit.is_set()):
             if self._leading.wait(POLL):
                 with self._lock:
-                    if self._leading.is_set():
+                    if self._leading.is_set() and not self._quit.is_set():
                         return self._ended
         return None
 
     def interrupt(self) -> None:
-        """End the current term's work now (the daemon is stopping)."""
-        self._ended.set()
+        """The daemon is stopping: end the current term's work now and never start
+        another (a standby stops campaigning; a leader resigns at ``stop``, after its
+        last write)."""
+        with self._lock:
+            self._quit.set()
+            self._ended.set()
 
     def deposed(self, reason: str) -> None:
         """A fenced write proved this process no longer leads: end the term and campaign
@@ -110,8 +113,8 @@ class Leadership:
     def stop(self) -> None:
         """After the daemon's last write: resign (a standby leads within a round trip)
         and revoke the session. Bounded by a few etcd deadlines."""
+        self.interrupt()
         self._stop.set()
-        self._ended.set()
         self._thread.join(3 * self.store.timeout + 1)
 
     def ready(self) -> tuple[bool, dict[str, object]]:
@@ -131,7 +134,7 @@ class Leadership:
 
     def _run(self) -> None:
         backoff = Backoff(initial=0.5, cap=5.0)
-        while not self._stop.is_set():
+        while not self._quit.is_set():
             try:
                 self._one_session()
                 backoff.reset()
@@ -139,7 +142,7 @@ class Leadership:
                 self.error = str(exc) or type(exc).__name__
                 self.failures += 1
                 self.log.warning("election: etcd unavailable; will retry", error=self.error)
-                self._stop.wait(backoff.next())
+                self._quit.wait(backoff.next())
 
     def _one_session(self) -> None:
         session = Session(self.store, self.ttl).start()
@@ -147,28 +150,28 @@ class Leadership:
         election = Election(self.store, self.program, session, self.name.encode())
         try:
             self._deposed.clear()
-            self._note_leader()
-            if self.role != "leader":
-                self._set_role("standby")
-            if not election.campaign(self._stop):
+            if not election.campaign(self._quit, self._waiting) or not self._lead(election):
                 return
-            self._lead(election)
             while not (self._stop.is_set() or session.done.is_set()
                        or self._deposed.is_set()):
                 self._stop.wait(POLL)
         finally:
             self._end_term()
-            if self._stop.is_set():
+            if self._quit.is_set():
                 election.resign()
             session.close(revoke=not session.done.is_set())
 
-    def _lead(self, election: Election) -> None:
+    def _lead(self, election: Election) -> bool:
+        """Start a term, unless the daemon is stopping (False: it resigns instead)."""
         with self._lock:
+            if self._quit.is_set():
+                return False
             self._fence = [election.fence]
             self._ended = threading.Event()
             self._leading.set()
         self.leader_name = self.name
         self._set_role("leader")
+        return True
 
     def _end_term(self) -> None:
         with self._lock:
@@ -176,13 +179,13 @@ class Leadership:
             self._leading.clear()
             self._fence = []
             self._ended.set()
-        if was_leading and not self._stop.is_set():
+        if was_leading and not self._quit.is_set():
             self._set_role("standby")
 
-    def _note_leader(self) -> None:
-        with contextlib.suppress(StoreError):
-            kv = leader(self.store, self.program)
-            self.leader_name = kv.value.decode(errors="replace") if kv else None
+    def _waiting(self, leader: KeyValue) -> None:
+        """The campaign waits behind ``leader``: this process stands by."""
+        self.leader_name = leader.value.decode(errors="replace")
+        self._set_role("standby")
 
     def _set_role(self, role: str) -> None:
         if role == self.role:

@@ -11,7 +11,9 @@ import pytest
 
 from services.core import election
 from services.core.election import Election
-from services.core.kv import Put
+from services.core.errors import Fenced
+from services.core.kv import Delete, Put
+from services.core.leadership import Leadership
 from services.core.session import Session
 from services.core.store import Store
 
@@ -103,3 +105,55 @@ def test_only_the_predecessor_is_watched_and_the_order_is_kept_among_three(store
     assert not c.leading.wait(0.5)
     a.close()
     assert c.leading.wait(5)
+
+
+# -- leadership.py: the lifecycle the daemons use -------------------------------------
+
+
+def test_a_standby_stopped_as_its_leader_resigns_never_leads_and_leaves_no_key(etcd):
+    """Both instances get SIGTERM at once (`make up` stopping, a rolling restart): the
+    leader resigns after its last write; the standby, already told to stop, must not
+    start a term it would never end (that hung a `make up` HA=1 shutdown once)."""
+    stores = [Store(etcd.endpoints, timeout=2.0) for _ in range(2)]
+    first = Leadership(stores[0], PROGRAM, ttl=2, name="first").start()
+    never = threading.Event()
+    try:
+        assert first.term(never) is not None
+        second = Leadership(stores[1], PROGRAM, ttl=2, name="second").start()
+        deadline = time.monotonic() + 5
+        while second.role != "standby":
+            assert time.monotonic() < deadline, "the second never stood by"
+            time.sleep(0.02)
+        assert second.leader_name == "first"
+        second.interrupt()  # its daemon was told to stop ...
+        first.stop()  # ... as the leader resigns
+        assert second.term(never) is None
+        second.stop()
+        assert second.role == "standby"
+        assert election.leader(stores[0], PROGRAM) is None, "a candidate key was left behind"
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_leaders_store_fences_its_writes_and_a_standbys_store_refuses_them(etcd):
+    stores = [Store(etcd.endpoints, timeout=2.0) for _ in range(2)]
+    leaders = [Leadership(s, PROGRAM, ttl=2, name=f"n{i}").start()
+               for i, s in enumerate(stores)]
+    never = threading.Event()
+    try:
+        assert leaders[0].term(never) is not None
+        ok, _ = stores[0].txn([], [Put("/chora/test/fenced", b"leader")])
+        assert ok
+        with pytest.raises(Fenced):
+            stores[1].txn([], [Put("/chora/test/fenced", b"standby")])
+        # The leader's key goes behind its back (an operator's etcdctl del): fenced.
+        stores[1].txn([], [Delete(leaders[0].fence()[0].key)], fenced=False)
+        with pytest.raises(Fenced):
+            stores[0].txn([], [Put("/chora/test/fenced", b"deposed")])
+        assert stores[1].get("/chora/test/fenced").value == b"leader"
+    finally:
+        for leadership in leaders:
+            leadership.stop()
+        for s in stores:
+            s.close()
