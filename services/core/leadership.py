@@ -60,6 +60,8 @@ class Leadership:
         self.leader_name: str | None = None  # who leads, as last seen (None: unknown)
         self.error = ""  # why the last campaign attempt failed; "" while a session holds
         self.failures = 0  # campaign attempts etcd did not answer (backed off, capped)
+        self.terms = 0  # terms this process has led
+        self.waited = False  # it stood by behind another leader at least once
         self.log = logs.get("election").bind(program=program)
         self._on_change = on_change
         self._leading = threading.Event()
@@ -126,6 +128,12 @@ class Leadership:
             return False, {"reason": "starting: joining the election", "etcd": "unknown"}
         return True, {"reason": "", "etcd": "reachable"}
 
+    @property
+    def taking_over(self) -> bool:
+        """This term follows another leader's (or an earlier term of this process's):
+        what it inherits may be in any state, so it catches up at once."""
+        return self.waited or self.terms > 1
+
     def describe(self) -> dict[str, object]:
         """For /healthz and the status line."""
         return {"role": self.role, "leader": self.leader_name, "candidate": self.name}
@@ -168,6 +176,7 @@ class Leadership:
                 return False
             self._fence = [election.fence]
             self._ended = threading.Event()
+            self.terms += 1
             self._leading.set()
         self.leader_name = self.name
         self._set_role("leader")
@@ -185,6 +194,7 @@ class Leadership:
     def _waiting(self, leader: KeyValue) -> None:
         """The campaign waits behind ``leader``: this process stands by."""
         self.leader_name = leader.value.decode(errors="replace")
+        self.waited = True
         self._set_role("standby")
 
     def _set_role(self, role: str) -> None:

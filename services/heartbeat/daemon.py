@@ -142,6 +142,7 @@ class Daemon:
             loop, desired = self.loop, self._desired
             hints = {**self._hints, **fresh}
             self._active = loop
+        loop.catch_up = self.leadership is not None and self.leadership.taking_over
         if desired is not None:
             loop.update(desired, hints)
         return loop

@@ -96,6 +96,11 @@ class Heartbeat:
         self.last_ok: float | None = None
         self.last_error: str | None = None
         self.applied = threading.Event()  # the first service set has been applied
+        # Taking over from another leader (or from this process's own lost term): every
+        # service is due at once, those without a lease to adopt too. Their health keys
+        # may be gone (a quorum loss, a frozen etcd leader revoking what it thinks
+        # expired), and a consumer reads a missing key as "down".
+        self.catch_up = False
 
     # -- called from other threads -------------------------------------------------------
 
@@ -190,7 +195,8 @@ class Heartbeat:
         (its daemon crashed up to an interval after its last refresh, and the restart
         took a while), so every adopted lease is due at once: the first round refreshes
         them all over the batched keep-alive streams. New services are spread evenly over
-        one interval, so a thousand added at once make a steady stream of small rounds."""
+        one interval, so a thousand added at once make a steady stream of small rounds,
+        except when catching up after a takeover: then they are due at once too."""
         fresh: list[str] = []
         for ns, check in added.items():
             adoption = self._adoption(ns, hints.get(ns))
@@ -199,6 +205,9 @@ class Heartbeat:
             self.probes.plan(ns, check, now)
             if s.adopted:
                 self.metrics.leases_adopted.inc()
+                self.schedule.at(ns, now)
+            elif self.catch_up:
+                s.respread = True
                 self.schedule.at(ns, now)
             else:
                 fresh.append(ns)
