@@ -43,8 +43,10 @@ from services.registry import tokens  # noqa: E402
 
 
 @contextlib.contextmanager
-def registry(cluster: LocalCluster, secure: bool, work: Path) -> Iterator[tuple[str, dict]]:
-    """A registry process; yields (base URL, headers a reader sends)."""
+def registry(cluster: LocalCluster, secure: bool, work: Path, *, read_token: bool = False
+             ) -> Iterator[tuple[str, dict]]:
+    """A registry process; yields (base URL, headers a reader sends). ``read_token``: reads
+    need a token too (``--require-read-token``; by default only writes do)."""
     port = free_ports(1)[0]
     cmd = [sys.executable, "-m", "services.registry", "--host", HOST, "--port", str(port),
            "--endpoints", ",".join(cluster.endpoints), "--log-level", "warning"]
@@ -57,7 +59,9 @@ def registry(cluster: LocalCluster, secure: bool, work: Path) -> Iterator[tuple[
         token = tokens.mint()
         (work / "tokens.yaml").write_text(tokens.entry_line("bench", token, ["admin"]) + "\n")
         cmd += [*cluster.client_flags("registry"), "--tls-cert", str(crt), "--tls-key",
-                str(key), "--tokens", str(work / "tokens.yaml"), "--require-read-token"]
+                str(key), "--tokens", str(work / "tokens.yaml")]
+        if read_token:
+            cmd.append("--require-read-token")
         headers["Authorization"] = f"Bearer {token}"
         scheme = "https"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -89,9 +93,9 @@ def call(cluster: LocalCluster, url: str, headers: dict, body: bytes | None = No
         return resp.status, json.loads(resp.read() or b"null")
 
 
-def reads(cluster: LocalCluster, secure: bool, args: argparse.Namespace, work: Path
-          ) -> dict[str, dict[str, Any]]:
-    with registry(cluster, secure, work) as (url, headers):
+def reads(cluster: LocalCluster, secure: bool, args: argparse.Namespace, work: Path,
+          read_token: bool = False) -> dict[str, dict[str, Any]]:
+    with registry(cluster, secure, work, read_token=read_token) as (url, headers):
         for i in range(10):
             status, _ = call(cluster, url + "/v1/services", headers, registration("tls", i))
             assert status == 201, status
@@ -124,25 +128,32 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         work = Path(tmp)
-        for mode, secure in (("plaintext", False), ("secure", True)):
-            cluster = (LocalCluster.secure if secure else LocalCluster.ephemeral)(
-                work / f"etcd-{mode}").start()
-            try:
-                results[mode] = reads(cluster, secure, args, work)
-            finally:
-                cluster.destroy()
-    plain, secure = results["plaintext"], results["secure"]
-    print("| measure | plaintext (http) | TLS + token (https) | cost |")
-    print("|---|---:|---:|---|")
+        plain_cluster = LocalCluster.ephemeral(work / "etcd-plain").start()
+        secure_cluster = LocalCluster.secure(work / "etcd-secure").start()
+        try:
+            results["plaintext"] = reads(plain_cluster, False, args, work)
+            results["secure"] = reads(secure_cluster, True, args, work)
+            results["read token"] = reads(secure_cluster, True, args, work, read_token=True)
+        finally:
+            plain_cluster.destroy()
+            secure_cluster.destroy()
+    plain = results["plaintext"]
+
+    def cost(a: float, b: float, key: str) -> str:
+        pct = (b - a) / a * 100 if key != "rate" else (a - b) / a * 100
+        return f"{pct:+.0f} %" + (" (within 15 %)" if pct <= 15 else " (beyond 15 %)")
+
+    print("| measure | plaintext (http) | secure stack (https; tokens for writes) | cost "
+          "| + --require-read-token | cost |")
+    print("|---|---:|---:|---|---:|---|")
     for phase, label in (("open", f"open loop {args.rate:g} req/s"),
                          ("closed", "closed loop at saturation")):
         for key, unit in (("rate", "req/s"), ("p50", "ms"), ("p99", "ms")):
-            a, b = plain[phase][key], secure[phase][key]
             scale = 1000 if unit == "ms" else 1
-            cost = (b - a) / a * 100 if key != "rate" else (a - b) / a * 100
-            verdict = "within 15 %" if cost <= 15 else "beyond 15 %"
+            a = plain[phase][key]
+            b, c = results["secure"][phase][key], results["read token"][phase][key]
             print(f"| {label}: {key} | {a * scale:,.1f} {unit} | {b * scale:,.1f} {unit} | "
-                  f"{cost:+.0f} % ({verdict}) |")
+                  f"{cost(a, b, key)} | {c * scale:,.1f} {unit} | {cost(a, c, key)} |")
     return 0
 
 
