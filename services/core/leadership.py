@@ -29,7 +29,6 @@ from services.core.kv import KeyValue, Unchanged
 from services.core.session import Session
 from services.core.store import Store
 
-TTL = 3  # seconds; the daemons' --election-ttl default (a crashed leader replaced in < 5 s)
 POLL = 0.05  # seconds between two looks at "did the term end?"
 
 
@@ -52,7 +51,7 @@ def health(leadership: Leadership | None, leading: Callable[[], tuple[bool, dict
 
 
 class Leadership:
-    def __init__(self, store: Store, program: str, *, ttl: int = TTL, name: str = "",
+    def __init__(self, store: Store, program: str, *, ttl: int, name: str = "",
                  on_change: Callable[[str], None] | None = None) -> None:
         self.store, self.program, self.ttl = store, program, ttl
         self.name = name or default_name()
