@@ -211,6 +211,21 @@ def test_adopted_sessions_are_due_at_once_and_then_scattered_over_one_interval()
     assert after["team.new2"] == clock.now + 5.0  # new ones: spread evenly, as before
 
 
+def test_a_term_taking_over_beats_services_without_a_key_at_once_and_then_scatters_them():
+    """A standby leading after a quorum loss in which a frozen etcd leader revoked the
+    leases: no key left to adopt, yet a consumer reads a missing key as "down"."""
+    clock, etcd = world()
+    lost = names(12)
+    hb = daemon(etcd, clock)
+    hb.catch_up = True
+    start(hb, etcd, lost)
+    hb.step(clock.now)  # the first round
+    assert all(etcd.count(ns) == 1 for ns in lost), "every service beat in the first round"
+    nxt = list(dict(hb.schedule.pop_due(clock.now + 100)).values())
+    assert all(clock.now <= t <= clock.now + 10.0 for t in nxt)
+    assert len(set(nxt)) == len(nxt), "and then not in lockstep"
+
+
 # -- defect 6: --ttl applies to adopted leases ---------------------------------------------
 
 
