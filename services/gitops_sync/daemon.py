@@ -76,6 +76,7 @@ class Daemon:
         self.leadership.start()
         try:
             while (term := self.leadership.term(self.stopping)) is not None:
+                self.liveness.reached()  # winning the election took a quorum's answers
                 try:
                     loop.run(self.reconciler, term, interval=s.reconcile_interval,
                              debounce=s.debounce, liveness=self.liveness)

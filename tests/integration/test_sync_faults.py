@@ -126,7 +126,7 @@ def test_quorum_lost_and_restored_converges_with_nothing_lost_and_no_busy_retry(
         attempts = d.etcd_failures() - failures_before
         # Backoff, not a spin: a handful of attempts over the whole outage.
         assert attempts <= 4 + outage, attempts
-        assert d.check()[0]
+        wait_for(lambda: d.check()[0], timeout=10, what="/healthz ok again")
     finally:
         d.stop()
 
