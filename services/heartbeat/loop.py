@@ -21,9 +21,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Protocol
 
 from structlog.typing import FilteringBoundLogger
@@ -36,6 +35,7 @@ from services.heartbeat.catalog import Adoption, delta
 from services.heartbeat.checks import Check
 from services.heartbeat.metrics import Metrics
 from services.heartbeat.probing import Probes
+from services.heartbeat.revoking import Revokes
 from services.heartbeat.rounds import KEEPALIVE_CHUNK, STREAMS, Beat, LeaseStore, Round
 from services.heartbeat.schedule import Schedule, next_beat
 from services.heartbeat.sessions import Session
@@ -69,10 +69,6 @@ class Heartbeat:
         may_revoke: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
-        # A revoke is not a transaction, so the store's fence cannot guard it: asked
-        # before each batch (a leader frozen and replaced must not revoke a lease its
-        # successor adopted).
-        self.may_revoke = may_revoke
         self.settings = settings
         self.metrics = metrics
         self.log = log
@@ -83,9 +79,12 @@ class Heartbeat:
         self._pending: dict[str, Check] | None = None
         self._hints: dict[str, Adoption] = {}
         self._floors: dict[str, int] = {}  # counts of services without a session (left, hinted)
-        self._revokes: deque[tuple[int, float, float]] = deque()  # lease, give up at, not before
         self._lease_pool = ThreadPoolExecutor(settings.lease_workers, "lease")
         self._io_pool = ThreadPoolExecutor(STREAMS, "etcd-io")
+        # A revoke is not a transaction, so the store's fence cannot guard it: asked
+        # before each batch (a leader frozen and replaced must not revoke a lease its
+        # successor adopted).
+        self.revokes = Revokes(store, self._lease_pool, metrics, clock, may_revoke)
         self.probes = Probes(interval=settings.interval, workers=settings.probe_workers,
                              metrics=metrics, clock=clock)
         self.round = Round(store, settings, metrics, log, io=self._io_pool,
@@ -137,7 +136,7 @@ class Heartbeat:
         self._apply_pending(now)
         self.probes.collect(self.sessions)
         self.probes.start_due(now, self.sessions)
-        self._submit_revokes(now)
+        self.revokes.submit(now)
         due = self.schedule.pop_due(now)
         if due:
             self._beat(due)
@@ -166,7 +165,7 @@ class Heartbeat:
         self.metrics.services.set(len(self.sessions))
         self.applied.set()
         if c.removed:
-            self._submit_revokes(now)
+            self.revokes.submit(now)
 
     def _remove(self, removed: list[str], now: float) -> None:
         """Revoke the leases of services that left, and store their exact counts (and
@@ -180,9 +179,9 @@ class Heartbeat:
             self.probes.forget(ns)
             self._floors[ns] = s.count
             if s.lease:
-                self._revokes.append((s.lease, now + self.settings.ttl, 0.0))
+                self.revokes.add(s.lease, now + self.settings.ttl)
             if s.retiring is not None:
-                self._revokes.append((s.retiring[0], now + s.retiring[1], 0.0))
+                self.revokes.add(s.retiring[0], now + s.retiring[1])
             if len(removed) <= DETAILED_LOG_LIMIT:
                 self.log.info("service left the set; revoking its lease", namespace=ns)
         if len(removed) > DETAILED_LOG_LIMIT:
@@ -250,29 +249,6 @@ class Heartbeat:
                              "continues from the reserved ones", stored=saved, of=len(puts))
         return saved
 
-    # -- the revoke queue ----------------------------------------------------------------
-
-    def _submit_revokes(self, now: float) -> None:
-        """Send the queued revokes on the lease pool; a failed one is queued again (not
-        before a second from then), until its lease would have run out anyway."""
-        if self._revokes and not self.may_revoke():
-            return
-        for _ in range(len(self._revokes)):
-            lease, give_up, not_before = self._revokes.popleft()
-            if now > give_up:
-                continue  # expired by now anyway
-            if now < not_before:
-                self._revokes.append((lease, give_up, not_before))
-                continue
-            fut = self._lease_pool.submit(self.store.revoke, lease)
-            fut.add_done_callback(lambda f, lease=lease, g=give_up: self._revoked(f, lease, g))
-
-    def _revoked(self, fut: Future[None], lease: int, give_up: float) -> None:
-        if fut.cancelled() or fut.exception() is not None:
-            self._revokes.append((lease, give_up, self.clock() + 1.0))
-        else:
-            self.metrics.leases_revoked.inc()
-
     # -- beats ---------------------------------------------------------------------------
 
     def _beat(self, due: list[tuple[str, float]]) -> None:
@@ -329,7 +305,7 @@ class Heartbeat:
             if s.retiring is not None:  # the key is on the new lease now
                 lease, ttl = s.retiring
                 s.retiring = None
-                self._revokes.append((lease, done + ttl, 0.0))
+                self.revokes.add(lease, done + ttl)
             if a.status != s.status:
                 if s.status is not None or a.status != HEALTHY:
                     self.log.info("status changed", namespace=s.namespace, status=a.status,
@@ -386,7 +362,7 @@ class Heartbeat:
         leases = [s.lease for s in self.sessions.values() if s.lease]
         leases += [s.retiring[0] for s in self.sessions.values() if s.retiring is not None]
         if self.settings.revoke_on_exit:
-            leases += [lease for lease, _, _ in self._revokes]
+            leases += self.revokes.leases()
             futures = [self._lease_pool.submit(self.store.revoke, lease) for lease in leases]
             done, _ = wait(futures, timeout=max(0.1, deadline - self.clock()))
             ok = sum(1 for f in done if f.exception() is None)

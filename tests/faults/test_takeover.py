@@ -48,6 +48,19 @@ def led_after(start: float, standbys: list[Daemon], timeout: float = 15.0) -> tu
     return next(d for d in standbys if role(d) == "leader"), time.monotonic() - start
 
 
+def beating_pair(rig: Rig) -> tuple[Daemon, list[Daemon], tuple[dict[str, bytes], int],
+                                    dict[str, int]]:
+    """Six services synced and beaten by two heartbeats (TTL 10 s), one leading: the
+    leader, the standbys, the snapshot a replay starts from, and the counts then."""
+    rig.populate(services=6, patterns=0)
+    rig.sync()
+    beats = [rig.heartbeat(ttl=10, interval=3.0), rig.heartbeat(ttl=10, interval=3.0)]
+    rig.wait_converged(30)
+    rig.wait_beating(15)
+    leader, standbys = settled(*beats)
+    return leader, standbys, rig.snapshot(), rig.counts()
+
+
 def puts_of(rig: Rig, baseline: dict[str, bytes], start: int, ns: str, name: str) -> list[bytes]:
     history = rig.history(baseline, start)
     return [c.value for c in history.changes.get(keys.capability(ns, name), [])
@@ -80,14 +93,7 @@ def test_a_killed_heartbeat_leader_is_replaced_within_5_s_and_no_live_service_ex
     rig: Rig, row: Row
 ) -> None:
     row.scenario = "heartbeat leader SIGKILLed, standby adopts the leases (TTL 10 s)"
-    rig.populate(services=6, patterns=0)
-    rig.sync()
-    beats = [rig.heartbeat(ttl=10, interval=3.0), rig.heartbeat(ttl=10, interval=3.0)]
-    rig.wait_converged(30)
-    rig.wait_beating(15)
-    leader, standbys = settled(*beats)
-    baseline, start = rig.snapshot()
-    before = rig.counts()
+    leader, standbys, (baseline, start), before = beating_pair(rig)
     killed = time.monotonic()
     leader.kill()
     new, took = led_after(killed, standbys)
@@ -176,14 +182,7 @@ def test_an_etcd_leader_killed_during_a_heartbeat_takeover_expires_no_live_servi
     rig: Rig, row: Row
 ) -> None:
     row.scenario = "heartbeat leader and etcd leader SIGKILLed together (TTL 10 s)"
-    rig.populate(services=6, patterns=0)
-    rig.sync()
-    beats = [rig.heartbeat(ttl=10, interval=3.0), rig.heartbeat(ttl=10, interval=3.0)]
-    rig.wait_converged(30)
-    rig.wait_beating(15)
-    leader, standbys = settled(*beats)
-    baseline, start = rig.snapshot()
-    before = rig.counts()
+    leader, standbys, (baseline, start), before = beating_pair(rig)
     etcd_leader = rig.cluster.leader()
     killed = time.monotonic()
     leader.kill()
