@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                   + ("   (one leads, one stands by: make status)" if args.ha else ""))
         print(f"registry:      http://127.0.0.1:{REGISTRY_PORT}/v1/health  /metrics  /docs"
               "   (.venv/bin/manifest list)")
+        print(f"dashboard:     http://127.0.0.1:{REGISTRY_PORT}/ui/")
         print("member logs:   .data/etcd*.log    stop: Ctrl-C\n", flush=True)
         watched = {**daemons, "registry": registry}
         while not stop.wait(0.5):

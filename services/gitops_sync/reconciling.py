@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from chora_manifests.errors import ManifestError
@@ -276,11 +277,15 @@ class Reconciler:
         }
 
     def _write_status(self, resolved: Resolved) -> int | None:
-        """The revision of the write, None when the status had not changed."""
-        value = json.dumps(self.status_document(resolved), separators=(",", ":")).encode()
+        """The revision of the write, None when the status had not changed. A written
+        status says when (``changed_at``, UTC): when this commit and these errors were
+        first reported, which a restart that finds them unchanged does not move."""
+        doc = self.status_document(resolved)
         current = self.store.get(keys.SYNC_STATUS)
-        if current is not None and current.value == value:
+        if current is not None and _without_time(current.value) == doc:
             return None
+        changed_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        value = json.dumps({**doc, "changed_at": changed_at}, separators=(",", ":")).encode()
         guard = Unchanged(keys.SYNC_STATUS, current.mod_revision if current else 0)
         ok, revision = self.store.txn([guard], [Put(keys.SYNC_STATUS, value)])
         return revision if ok else None
@@ -325,3 +330,14 @@ class Reconciler:
                 log.info("no capabilities without an inventory entry any more")
         self.unowned = unowned
         self.metrics.unowned.set(len(unowned))
+
+
+def _without_time(value: bytes) -> object:
+    """A stored status without its ``changed_at``, to compare with a new document."""
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None
+    if isinstance(doc, dict):
+        doc.pop("changed_at", None)
+    return doc

@@ -9,7 +9,8 @@ PUT /v1/services/{name}/{id}/heartbeat 204 | 404 | 422 | 503; DELETE
 GET /v1/services/{name} 200 | 404 | 422 | 503 (answered by ``asgi.ServiceLookup``);
 GET /v1/services, GET /v1/capabilities 200 | 422 | 503; GET /v1/capabilities/{namespace}
 200 | 404 | 422 | 503; GET /v1/watch (SSE) 200 | 422 | 503; GET /v1/health 200 | 503
-(starting); GET /metrics; GET /openapi.json.
+(starting); GET /metrics; GET /openapi.json. The dashboard's reads (``overview.py``:
+/v1/dependencies, /v1/sync, /v1/cluster) and pages (``pages.py``: /ui/...).
 
 With a token file (``guard.py``) every write answers 401 before anything else is looked
 at, and 403 as soon as the service name is known and checked (the path of a heartbeat
@@ -33,7 +34,7 @@ from starlette.types import ASGIApp
 from structlog.typing import FilteringBoundLogger
 
 from services.core.errors import StoreError
-from services.registry import VERSION
+from services.registry import VERSION, changes, overview, pages
 from services.registry.asgi import Edge, ServiceLookup, registry_headers
 from services.registry.guard import AuthRefused, Guard
 from services.registry.hub import Hub
@@ -61,7 +62,8 @@ BEARER = "bearerAuth"
 WRITES = (("/v1/services", "post"), ("/v1/services/{name}/{id}/heartbeat", "put"),
           ("/v1/services/{name}/{id}", "delete"))
 READS = (("/v1/services", "get"), ("/v1/services/{name}", "get"), ("/v1/capabilities", "get"),
-         ("/v1/capabilities/{namespace}", "get"), ("/v1/watch", "get"))
+         ("/v1/capabilities/{namespace}", "get"), ("/v1/watch", "get"),
+         ("/v1/dependencies", "get"), ("/v1/sync", "get"), ("/v1/cluster", "get"))
 REFUSALS = {"401": {"description": "no token, or an unknown one (WWW-Authenticate: Bearer)",
                     "content": {"application/json": {"schema": {
                         "$ref": "#/components/schemas/Detail"}}}},
@@ -263,6 +265,9 @@ def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
             raise NotFound(f"capability {namespace!r} not found")
         return body(found)
 
+    overview.add_routes(app, hub, reads=reads, ready=ready, answer=body)
+    pages.add_routes(app)
+
     # -- change stream, health, metrics ----------------------------------------------
 
     @app.get("/v1/watch", response_class=EventSourceResponse, responses=ERRORS,
@@ -273,12 +278,20 @@ def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
                                  "or capability namespace"),
         last_event_id: str | None = Query(None, description="as the Last-Event-ID header"),
         last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
+        include: str | None = Query(None, description="comma-separated extra events: "
+                                    "sync (sync_changed), cluster (cluster_changed)"),
     ) -> Response:
         """Server-Sent Events: registered, status_changed, updated, deregistered (data
         status "down"), capability_changed, resync. id = etcd revision; send it back as
-        Last-Event-ID to resume exactly where the stream stopped."""
-        _only(request, ("name", "last_event_id"))
+        Last-Event-ID to resume exactly where the stream stopped. ``include=sync,cluster``
+        adds sync_changed (data as GET /v1/sync) and cluster_changed (as GET
+        /v1/cluster, sent at once and on every change; no id)."""
+        _only(request, ("name", "last_event_id", "include"))
         check_reference(name, "name")
+        extras = frozenset(part.strip() for part in (include or "").split(",") if part.strip())
+        if unknown := sorted(extras - changes.OPTIONAL.keys()):
+            raise BadInput("include", f"unknown extra {unknown[0][:40]!r} (known: "
+                           + ", ".join(changes.OPTIONAL) + ")")
         raw = last_event_id_header if last_event_id_header is not None else last_event_id
         position = None
         if raw is not None and raw.strip() != "":
@@ -286,7 +299,7 @@ def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
                 raise BadInput("Last-Event-ID", f"{raw[:40]!r} is not a revision")
             position = int(raw.strip())
         ready()
-        return EventSourceResponse(changes_after(hub, metrics, position, name),
+        return EventSourceResponse(changes_after(hub, metrics, position, name, extras),
                                    ping=settings.stream_ping, send_timeout=SEND_TIMEOUT,
                                    headers=_headers(hub))
 

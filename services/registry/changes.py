@@ -20,7 +20,13 @@ UPDATED = "updated"  # the record changed, its status did not (a write outside t
 DEREGISTERED = "deregistered"  # deregistered or removed; the data says "status": "down"
 CAPABILITY_CHANGED = "capability_changed"
 RESYNC = "resync"
-KINDS = (REGISTERED, STATUS_CHANGED, UPDATED, DEREGISTERED, CAPABILITY_CHANGED, RESYNC)
+# Only to subscribers that ask (``?include=sync,cluster``: the dashboard), so the
+# stream the contract describes stays what it was for everyone else.
+SYNC_CHANGED = "sync_changed"  # /chora/sync/status was written; data as GET /v1/sync
+CLUSTER_CHANGED = "cluster_changed"  # members or leader changed; data as GET /v1/cluster
+OPTIONAL = {"sync": SYNC_CHANGED, "cluster": CLUSTER_CHANGED}
+KINDS = (REGISTERED, STATUS_CHANGED, UPDATED, DEREGISTERED, CAPABILITY_CHANGED, RESYNC,
+         SYNC_CHANGED, CLUSTER_CHANGED)
 
 SEP = "\r\n"  # as sse-starlette's keep-alive comments
 
@@ -36,6 +42,13 @@ class Change:
 def frame(kind: str, revision: int, payload: object) -> bytes:
     data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     return f"id: {revision}{SEP}event: {kind}{SEP}data: {data}{SEP}{SEP}".encode()
+
+
+def unnumbered(kind: str, payload: object) -> bytes:
+    """An event that is no etcd change (the cluster's members): no ``id``, so a client's
+    Last-Event-ID stays the revision it last saw."""
+    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return f"event: {kind}{SEP}data: {data}{SEP}{SEP}".encode()
 
 
 def change(kind: str, revision: int, name: str, payload: object) -> Change:

@@ -2,6 +2,8 @@
 quorum check (threads), the status writer (a task) and the HTTP server, all on one
 event loop (uvloop, httptools), and stops them in order with a bound on each step.
 
+A third thread checks the cluster's members for the dashboard (``cluster.py``).
+
 Shutdown order, and why: the HTTP server stops accepting first; the change streams are
 closed at once (they would otherwise hold the server open until its grace period
 ends); open requests get ``shutdown_timeout`` to finish; then the status writer is
@@ -31,6 +33,7 @@ import uvicorn
 from services.core import logs, program
 from services.core.store import Store
 from services.registry import VERSION, api
+from services.registry.cluster import ClusterCheck
 from services.registry.following import Follower, QuorumCheck
 from services.registry.guard import Guard
 from services.registry.hub import Hub
@@ -125,6 +128,9 @@ class Daemon:
                                  resync=s.resync)
         self.check = QuorumCheck(self.store, self.hub, self.follower, self.log,
                                  period=s.quorum_check, stall_after=s.stall_after)
+        self.members = ClusterCheck(self.store, self.hub, self.log, endpoints=s.endpoints,
+                                    access=s.etcd_access, period=s.cluster_check,
+                                    timeout=s.etcd_timeout)
         try:
             self.socket = bind(s.host, s.port)
         except ValueError:
@@ -174,6 +180,7 @@ class Daemon:
         self.hub.bind(asyncio.get_running_loop())
         self.follower.start()
         self.check.start()
+        self.members.start()
         tasks = [asyncio.create_task(self.writer.run(), name="status-writer"),
                  asyncio.create_task(self._stop_when_asked(), name="stop-request")]
         if self.guard is not None or self.tls is not None:
@@ -188,6 +195,7 @@ class Daemon:
             await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout)
             self.follower.stop()
             self.check.stop()
+            self.members.stop()
             await asyncio.to_thread(self._join_threads)
 
     async def _stop_when_asked(self) -> None:
@@ -231,7 +239,7 @@ class Daemon:
         return found
 
     def _join_threads(self) -> None:
-        for thread in (self.follower, self.check):
+        for thread in (self.follower, self.check, self.members):
             thread.join(self.settings.shutdown_timeout)
             if thread.is_alive():
                 self.log.warning("thread did not stop in time; abandoning it",

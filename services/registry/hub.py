@@ -16,6 +16,7 @@ from typing import Any
 from structlog.typing import FilteringBoundLogger
 
 from services.core.kv import Event
+from services.registry import changes
 from services.registry.changes import Change
 from services.registry.metrics import Metrics
 from services.registry.records import iso
@@ -38,6 +39,12 @@ class Hub:
         self.etcd_reached: float | None = None  # monotonic time of the last quorum answer
         self.recovered_at = float("-inf")  # when the quorum last came back
         self.subscribers = 0
+        # The cluster's members as last checked (``cluster.py``), and how many times
+        # they changed: a change stream sends the frame to a subscriber behind it.
+        self.cluster: dict[str, Any] = {"checked_at": None, "leader": None, "alarms": [],
+                                        "members": []}
+        self.cluster_version = 0
+        self.cluster_frame = changes.unnumbered(changes.CLUSTER_CHANGED, self.cluster)
         self.closing = asyncio.Event()
         self._changed = asyncio.Event()
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
@@ -62,6 +69,9 @@ class Hub:
 
     def post_reachable(self, ok: bool, reason: str = "") -> None:
         self._post(self._reachability, ok, reason, self.clock())
+
+    def post_cluster(self, doc: dict[str, Any]) -> None:
+        self._post(self._cluster, doc)
 
     # -- on the loop ---------------------------------------------------------------------
 
@@ -104,6 +114,15 @@ class Hub:
                 self.log.warning("etcd quorum unavailable: serving from memory, statuses "
                                  "unknown, writes refused", reason=reason)
         self.metrics.degraded.set(1 if self.view.degraded else 0)
+
+    def _cluster(self, doc: dict[str, Any]) -> None:
+        """Keep the latest check; announce it only when more than its time changed."""
+        before, self.cluster = self.cluster, doc
+        if _without_time(before) == _without_time(doc):
+            return
+        self.cluster_version += 1
+        self.cluster_frame = changes.unnumbered(changes.CLUSTER_CHANGED, doc)
+        self._wake_subscribers()
 
     def _wake_subscribers(self) -> None:
         old, self._changed = self._changed, asyncio.Event()
@@ -153,3 +172,7 @@ class Hub:
         """Shutdown: every change stream ends after what it is sending now."""
         self.closing.set()
         self._wake_subscribers()
+
+
+def _without_time(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "checked_at"}

@@ -37,6 +37,8 @@ class Settings:
     further behind gets a ``resync`` event."""
     quorum_check: float = 2.0
     """Seconds between two linearizable reads that tell whether etcd has a quorum."""
+    cluster_check: float = 2.0
+    """Seconds between two looks at every member's status (``GET /v1/cluster``)."""
     stall_after: float = 6.0
     """A watch that delivered nothing while etcd's revision moved on for this long is
     replaced by a full re-read (a member cut off from the majority stays silent)."""
@@ -81,7 +83,8 @@ class Settings:
                              "accept)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together: give both or neither")
-        for name in ("etcd_timeout", "resync", "quorum_check", "stall_after", "token_check"):
+        for name in ("etcd_timeout", "resync", "quorum_check", "cluster_check", "stall_after",
+                     "token_check"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
 

@@ -1,6 +1,7 @@
 """The registry's data at one etcd revision: the instances under ``/chora/services/``
 and the capability keys under ``/chora/capabilities/`` it serves (contract sections 2
-and 3), parsed once. Pure: built from a full read (off the event loop, by the follower)
+and 3), parsed once, and the sync's status (``/chora/sync/status``), which the
+dashboard shows. Pure: built from a full read (off the event loop, by the follower)
 or kept current by watch events (``view.py``).
 """
 
@@ -83,6 +84,7 @@ class State:
         self.instances: dict[str, Instance] = {}
         self.names: dict[str, dict[str, Instance]] = {}
         self.capabilities: dict[str, dict[str, bytes]] = {}
+        self.sync_status: KeyValue | None = None
 
     @classmethod
     def from_kvs(cls, kvs: Mapping[str, KeyValue], revision: int) -> State:
@@ -94,6 +96,8 @@ class State:
                     state.put(inst)
             elif kv.key.startswith(keys.CAPABILITIES):
                 state.set_capability_key(kv.key, kv.value)
+            elif kv.key == keys.SYNC_STATUS:
+                state.sync_status = kv
         return state
 
     def put(self, inst: Instance) -> Instance | None:
@@ -152,6 +156,22 @@ class State:
             "dependencies": json_or(held.get(keys.DEPENDENCIES), []),
             "health": json_or(held.get(keys.HEALTH), None),
         }
+
+
+    def capabilities_held(self) -> list[dict[str, Any]]:
+        """Every capability's view (as ``capability``), sorted by namespace."""
+        return [d for ns in sorted(self.capabilities) if (d := self.capability(ns)) is not None]
+
+    def sync(self) -> dict[str, Any]:
+        """``GET /v1/sync``: the sync's status as it wrote it, with the revision of that
+        write; ``{"present": false}`` before any sync wrote one."""
+        kv = self.sync_status
+        if kv is None:
+            return {"present": False}
+        doc = json_or(kv.value, None)
+        if not isinstance(doc, dict):  # written by hand: say so rather than fail
+            return {"present": True, "revision": kv.mod_revision, "unreadable": True}
+        return {"present": True, "revision": kv.mod_revision, **doc}
 
 
 def depends_on(capability: Mapping[str, Any], name: str) -> bool:

@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from services.core import keys
-from services.core.kv import Event
+from services.core.kv import Event, KeyValue
 from services.registry import changes
 from services.registry.changes import Change, Ring
+from services.registry.graph import checked
 from services.registry.records import encode
 from services.registry.state import Instance, State, depends_on, health_status, parse_instance
 
@@ -50,6 +51,7 @@ class View:
         # beats does not re-encode a list of thousands on every read.
         self._lists: dict[str, tuple[bytes, float, int]] = {}
         self._beats_seen = 0
+        self._dependencies: bytes | None = None
 
     @property
     def revision(self) -> int:
@@ -80,6 +82,8 @@ class View:
             was, now = old.capabilities.get(ns, {}), new.capabilities.get(ns, {})
             if _announced(was) != _announced(now):
                 out.append(self._capability_change(new.revision, ns))
+        if _value(old.sync_status) != _value(new.sync_status):
+            out.append(self.sync_change(new.revision))
         self._record(out)
         return out
 
@@ -111,6 +115,9 @@ class View:
                     self._invalidate_capability(touched[0])
                     if touched[1]:
                         pending[touched[0]] = None
+            elif key == keys.SYNC_STATUS:
+                self.state.sync_status = ev.kv if ev.kind == "put" else None
+                out.append(self.sync_change(rev))
         out.extend(self._capability_change(current, ns) for ns in pending)
         self._record(out)
         return out
@@ -161,6 +168,9 @@ class View:
         return changes.change(changes.CAPABILITY_CHANGED, rev, ns,
                               {"namespace": ns, "capability": doc})
 
+    def sync_change(self, rev: int) -> Change:
+        return changes.change(changes.SYNC_CHANGED, rev, "", self.state.sync())
+
     def _record(self, found: list[Change]) -> None:
         for item in found:
             self.ring.append(item)
@@ -168,11 +178,13 @@ class View:
     def _invalidate_capability(self, ns: str) -> None:
         self._caps.pop(ns, None)
         self._lists.pop(CAPABILITIES, None)
+        self._dependencies = None
 
     def _invalidate_all(self) -> None:
         self._names.clear()
         self._caps.clear()
         self._lists.clear()
+        self._dependencies = None
 
     def _cached_list(self, which: str) -> bytes | None:
         found = self._lists.get(which)
@@ -269,6 +281,14 @@ class View:
         doc["instances"] = [self.served(i) for i in self.state.sorted_instances(doc["namespace"])]
         return doc
 
+    def dependencies(self) -> bytes:
+        """``GET /v1/dependencies``: every declared dependency checked against the
+        version held, and the cycles; computed on the first read after a change."""
+        if self._dependencies is None:
+            self._dependencies = encode(
+                {"revision": self.revision, **checked(self.state.capabilities_held())})
+        return self._dependencies
+
     def counts(self) -> dict[str, int]:
         """Instances by served status."""
         if self.degraded:
@@ -291,6 +311,10 @@ class View:
 def _announced(held: dict[str, bytes]) -> dict[str, object]:
     """What of a capability's keys is worth a change event (see ``health_status``)."""
     return {k: (health_status(v) if k == keys.HEALTH else v) for k, v in held.items()}
+
+
+def _value(kv: KeyValue | None) -> bytes | None:
+    return None if kv is None else kv.value
 
 
 def _event(record: dict[str, Any], previous: str | None = None) -> dict[str, Any]:
