@@ -4,6 +4,7 @@ size, no duplicate keys, no alias bombs, no nesting deep enough to crash libyaml
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -57,10 +58,21 @@ def _surely_shallow(text: str) -> bool:
 def _check_shape(text: str) -> None:
     """Count nodes as they would be after alias expansion, and nesting depth, from the
     event stream alone: bounded time and memory even for a billion-laughs document."""
+    try:
+        _count(yaml.parse(text, Loader=SAFE_LOADER))
+    except yaml.YAMLError as exc:
+        # PyYAML 6.0.4's scanner stops at 1,000 levels while it reads ahead, before the
+        # events reach our count: deeper than ours too, so said our way.
+        if "maximum nesting depth" in str(exc):
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+        raise
+
+
+def _count(events: Iterable[Any]) -> None:
     sizes: dict[str, int] = {}
     stack: list[list[Any]] = []  # [anchor, node count]
     total = documents = 0
-    for event in yaml.parse(text, Loader=SAFE_LOADER):
+    for event in events:
         if isinstance(event, yaml.DocumentStartEvent):
             documents += 1
             if documents > 1:
