@@ -279,13 +279,15 @@ def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
         last_event_id: str | None = Query(None, description="as the Last-Event-ID header"),
         last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
         include: str | None = Query(None, description="comma-separated extra events: "
-                                    "sync (sync_changed), cluster (cluster_changed)"),
+                                    "sync (sync_changed), cluster (cluster_changed), beats"),
     ) -> Response:
         """Server-Sent Events: registered, status_changed, updated, deregistered (data
         status "down"), capability_changed, resync. id = etcd revision; send it back as
-        Last-Event-ID to resume exactly where the stream stopped. ``include=sync,cluster``
-        adds sync_changed (data as GET /v1/sync) and cluster_changed (as GET
-        /v1/cluster, sent at once and on every change; no id)."""
+        Last-Event-ID to resume exactly where the stream stopped. ``include=sync,cluster,
+        beats`` adds sync_changed (data as GET /v1/sync), cluster_changed (as GET
+        /v1/cluster, sent at once and on every change; no id) and beats (every 2 s
+        while any moved: ``{instances: [[name, id, last_heartbeat]], health: {namespace:
+        record}}``; no id)."""
         _only(request, ("name", "last_event_id", "include"))
         check_reference(name, "name")
         extras = frozenset(part.strip() for part in (include or "").split(",") if part.strip())

@@ -24,9 +24,10 @@ RESYNC = "resync"
 # stream the contract describes stays what it was for everyone else.
 SYNC_CHANGED = "sync_changed"  # /chora/sync/status was written; data as GET /v1/sync
 CLUSTER_CHANGED = "cluster_changed"  # members or leader changed; data as GET /v1/cluster
-OPTIONAL = {"sync": SYNC_CHANGED, "cluster": CLUSTER_CHANGED}
+BEATS = "beats"  # heartbeats and health rewrites of the last moments; data: View.take_beats
+OPTIONAL = {"sync": SYNC_CHANGED, "cluster": CLUSTER_CHANGED, "beats": BEATS}
 KINDS = (REGISTERED, STATUS_CHANGED, UPDATED, DEREGISTERED, CAPABILITY_CHANGED, RESYNC,
-         SYNC_CHANGED, CLUSTER_CHANGED)
+         SYNC_CHANGED, CLUSTER_CHANGED, BEATS)
 
 SEP = "\r\n"  # as sse-starlette's keep-alive comments
 

@@ -182,6 +182,8 @@ class Daemon:
         self.check.start()
         self.members.start()
         tasks = [asyncio.create_task(self.writer.run(), name="status-writer"),
+                 asyncio.create_task(self.hub.summarise_beats(self.settings.beats_every),
+                                     name="beats"),
                  asyncio.create_task(self._stop_when_asked(), name="stop-request")]
         if self.guard is not None or self.tls is not None:
             tasks.append(asyncio.create_task(self._keep_credentials_fresh(),

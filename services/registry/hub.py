@@ -45,6 +45,8 @@ class Hub:
                                         "members": []}
         self.cluster_version = 0
         self.cluster_frame = changes.unnumbered(changes.CLUSTER_CHANGED, self.cluster)
+        self.beats_version = 0  # the same for the latest ``beats`` summary
+        self.beats_frame = b""
         self.closing = asyncio.Event()
         self._changed = asyncio.Event()
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
@@ -123,6 +125,17 @@ class Hub:
         self.cluster_version += 1
         self.cluster_frame = changes.unnumbered(changes.CLUSTER_CHANGED, doc)
         self._wake_subscribers()
+
+    async def summarise_beats(self, period: float) -> None:
+        """Every ``period`` seconds, what heartbeats and health rewrites moved, as one
+        ``beats`` event for the streams that include it (the status writer's task-mate)."""
+        while True:
+            await asyncio.sleep(period)
+            found = self.view.take_beats()
+            if found is not None and self.subscribers:
+                self.beats_version += 1
+                self.beats_frame = changes.unnumbered(changes.BEATS, found)
+                self._wake_subscribers()
 
     def _wake_subscribers(self) -> None:
         old, self._changed = self._changed, asyncio.Event()

@@ -39,6 +39,9 @@ class Settings:
     """Seconds between two linearizable reads that tell whether etcd has a quorum."""
     cluster_check: float = 2.0
     """Seconds between two looks at every member's status (``GET /v1/cluster``)."""
+    beats_every: float = 2.0
+    """Seconds between two ``beats`` events (``/v1/watch?include=beats``): how fresh
+    the dashboard's heartbeat ages are."""
     stall_after: float = 6.0
     """A watch that delivered nothing while etcd's revision moved on for this long is
     replaced by a full re-read (a member cut off from the majority stays silent)."""
@@ -83,8 +86,8 @@ class Settings:
                              "accept)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together: give both or neither")
-        for name in ("etcd_timeout", "resync", "quorum_check", "cluster_check", "stall_after",
-                     "token_check"):
+        for name in ("etcd_timeout", "resync", "quorum_check", "cluster_check", "beats_every",
+                     "stall_after", "token_check"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
 

@@ -7,10 +7,12 @@ comments. A subscriber the ring no longer covers (it reconnected too late, or re
 slowly while many changes went by) gets one ``resync`` event with everything current
 and goes on from there.
 
-``include`` (the dashboard's ``?include=sync,cluster``) adds the events nobody else
-asked for: ``sync_changed`` from the ring like any change, and ``cluster_changed``,
+``include`` (the dashboard's ``?include=sync,cluster,beats``) adds the events nobody
+else asked for: ``sync_changed`` from the ring like any change; ``cluster_changed``,
 which is no etcd change: the latest one is sent when the subscriber has not seen it
-(at once on connecting, then whenever the members change).
+(at once on connecting, then whenever the members change); and ``beats``, the latest
+summary of heartbeats, sent as it comes (a subscriber that was busy gets only the
+newest: ages, not history).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ async def changes_after(hub: Hub, metrics: Metrics, position: int | None,
     view = hub.view
     left_out = {kind for what, kind in changes.OPTIONAL.items() if what not in include}
     cluster_seen = -1 if "cluster" in include else None  # -1: send the latest at once
+    beats_seen = hub.beats_version if "beats" in include else None
     hub.subscribers += 1
     metrics.subscribers.inc()
     try:
@@ -41,6 +44,9 @@ async def changes_after(hub: Hub, metrics: Metrics, position: int | None,
             if cluster_seen is not None and hub.cluster_version != cluster_seen:
                 cluster_seen = hub.cluster_version
                 yield hub.cluster_frame
+            if beats_seen is not None and hub.beats_version != beats_seen:
+                beats_seen = hub.beats_version
+                yield hub.beats_frame
             # No await between reading the ring and the revision: they match.
             batch = view.ring.since(position, name) if position <= view.revision else None
             position_now = view.revision

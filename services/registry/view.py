@@ -30,6 +30,7 @@ from services.registry.state import Instance, State, depends_on, health_status, 
 
 UNKNOWN = "unknown"
 SERVICES, CAPABILITIES = "services", "capabilities"  # the two cached lists
+HEALTH_SUFFIX = "/" + keys.HEALTH
 
 
 class View:
@@ -52,6 +53,10 @@ class View:
         self._lists: dict[str, tuple[bytes, float, int]] = {}
         self._beats_seen = 0
         self._dependencies: bytes | None = None
+        # What moved without being a change since ``take_beats`` last asked: instances
+        # this process heard a keep-alive from, capabilities whose health was rewritten.
+        self._fresh_beats: set[str] = set()
+        self._fresh_health: set[str] = set()
 
     @property
     def revision(self) -> int:
@@ -115,6 +120,8 @@ class View:
                     self._invalidate_capability(touched[0])
                     if touched[1]:
                         pending[touched[0]] = None
+                    elif key.endswith(HEALTH_SUFFIX):
+                        self._fresh_health.add(touched[0])
             elif key == keys.SYNC_STATUS:
                 self.state.sync_status = ev.kv if ev.kind == "put" else None
                 out.append(self.sync_change(rev))
@@ -137,6 +144,7 @@ class View:
         if inst is None or when <= self.beats.get(key, ""):
             return
         self.beats[key] = when
+        self._fresh_beats.add(key)
         self._names.pop(inst.name, None)
         self._caps.pop(inst.name, None)
         self._beats_seen += 1
@@ -280,6 +288,21 @@ class View:
     def _with_instances(self, doc: dict[str, Any]) -> dict[str, Any]:
         doc["instances"] = [self.served(i) for i in self.state.sorted_instances(doc["namespace"])]
         return doc
+
+    def take_beats(self) -> dict[str, Any] | None:
+        """The ``beats`` event (``?include=beats``): the latest heartbeat of each instance
+        and the health record of each capability that moved since the last call, or None
+        when nothing did. Not changes (they would flood the ring); what a dashboard needs
+        to show ages that are true."""
+        beats, self._fresh_beats = self._fresh_beats, set()
+        health, self._fresh_health = self._fresh_health, set()
+        instances = [[i.name, i.id, self.beats.get(k)] for k in sorted(beats)
+                     if (i := self.state.instances.get(k)) is not None]
+        records = {ns: doc["health"] for ns in sorted(health)
+                   if (doc := self.state.capability(ns)) is not None}
+        if not instances and not records:
+            return None
+        return {"instances": instances, "health": records}
 
     def dependencies(self) -> bytes:
         """``GET /v1/dependencies``: every declared dependency checked against the

@@ -109,3 +109,17 @@ def test_every_page_of_the_dashboard_is_served_with_a_strict_content_policy(stor
         assert library.status_code == 200 and len(library.content) > 100_000
         assert reg.http.get("/ui/static/%2e%2e/%2e%2e/api.py").status_code == 404
         assert reg.http.get("/ui/nowhere").status_code == 404
+
+
+def test_a_heartbeat_reaches_the_streams_that_include_beats_within_the_period(store, etcd):
+    with serving(etcd.endpoints, beats_every=0.2) as reg:
+        iid = reg.register("beater")
+        stream = EventStream(reg.url, params={"include": "beats"})
+        try:
+            assert reg.http.put(f"/v1/services/beater/{iid}/heartbeat").status_code == 204
+            heard = reg.http.get("/v1/services/beater").json()["last_heartbeat"]
+            event = stream.take_until(lambda e: e.event == "beats" and any(
+                last == heard for _, _, last in e.data["instances"]), timeout=5)[-1]
+            assert event.data["instances"] == [["beater", iid, heard]] and event.id is None
+        finally:
+            stream.close()

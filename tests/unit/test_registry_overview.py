@@ -119,3 +119,19 @@ def test_extra_events_go_only_to_the_streams_that_include_them():
     assert kinds == [b"cluster_changed", b"cluster_changed", b"sync_changed", b"registered"]
     assert data(dashboard[1])["leader"] == "etcd1"
     assert b"id: " not in dashboard[1]  # no etcd revision: Last-Event-ID stays put
+
+
+def test_heartbeats_and_health_rewrites_are_summarised_for_ages_but_are_no_changes():
+    ns = "chora.a.svc"
+    health = {"status": "healthy", "timestamp": "t1", "heartbeat_count": 1}
+    view = loaded(put(keys.capability(ns, keys.TYPE), b"service", 3),
+                  put(keys.capability(ns, keys.HEALTH), json.dumps(health).encode(), 3),
+                  instance("svc", "svc-1", 4))
+    assert view.take_beats() is None  # nothing moved yet
+    view.beat(keys.service("svc", "svc-1"), "2026-12-07T03:00:01.000Z")
+    beat = {**health, "timestamp": "t2", "heartbeat_count": 2}
+    assert view.apply([put(keys.capability(ns, keys.HEALTH), json.dumps(beat).encode(), 11)]
+                      ) == []  # not a change: the ring and plain streams never see it
+    assert view.take_beats() == {"instances": [["svc", "svc-1", "2026-12-07T03:00:01.000Z"]],
+                                 "health": {ns: beat}}
+    assert view.take_beats() is None  # each movement is told once
