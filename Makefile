@@ -12,7 +12,7 @@ HA     ?=
 ha      = $(filter 1 yes true on,$(HA))
 as      = $(if $(secure),--cacert $(PKI)/ca.crt --cert $(PKI)/$(1).crt --key $(PKI)/$(1).key)
 
-.PHONY: up certs test lint e2e status backup restore bench bench-registry monitor prometheus-tools clean
+.PHONY: up certs test lint e2e status backup restore bench bench-registry bench-ui monitor prometheus-tools chromium screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ up: $(STAMP)  ## three local etcd members on the seed's ports, both daemons, the
 certs: $(STAMP)  ## the local CA and certificates under .data/pki/ only (for docker-compose.secure.yml)
 	$(PY) scripts/up.py --certs
 
-test: $(STAMP) prometheus-tools  ## lint + the whole suite (unit, integration against real etcd, static checks) + the fault matrix
+test: $(STAMP) prometheus-tools chromium  ## lint + the whole suite (unit, integration against real etcd, static checks) + the fault matrix
 	$(PY) -m ruff check services chora_manifest_client chora_manifests scripts tests infrastructure
 	$(VENV)/bin/lint-imports  # the layer contracts in pyproject.toml
 	$(PY) -m pytest -m "not fault"
@@ -78,6 +78,27 @@ prometheus-tools:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null && \
 	  command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
 	) || { echo "make test needs promtool and prometheus: install them with 'sudo apt-get install -y prometheus' (Debian/Ubuntu) and run it again" >&2; exit 2; }
+
+# The dashboard's browser tests (tests/browser) drive a real Chromium through Playwright:
+# Debian's package chromium (Playwright's own browser download is never used), installed
+# here when missing and possible (root, or sudo without a password), else a one-line
+# how-to. CHROMIUM=/path/to/chromium uses another build instead.
+chromium:
+	@if [ -n "$(CHROMIUM)" ]; then \
+	  [ -x "$(CHROMIUM)" ] || { echo "CHROMIUM=$(CHROMIUM) is not an executable file" >&2; exit 2; }; \
+	elif ! { [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1; }; then ( \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else exit 1; fi; \
+	  command -v apt-get >/dev/null 2>&1 && echo "installing chromium (apt-get install -y chromium) ..." && \
+	  $$SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium >/dev/null && \
+	  { [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1; } \
+	) || { echo "make test needs Chromium for tests/browser: install it with 'sudo apt-get install -y chromium' (Debian/Ubuntu), or set CHROMIUM=/path/to/chromium, and run it again" >&2; exit 2; }; fi
+
+screenshots: $(STAMP) chromium  ## the dashboard's six pages at 1280x800 into docs/ui/*.png (a real stack, ~15 s)
+	CHORA_UI_SCREENSHOTS=docs/ui $(PY) -m pytest -q tests/browser -k screenshot
+
+bench-ui: $(STAMP) chromium  ## the dashboard with 1,000 capabilities and 1,000 instances vs reloading (BENCH_ARGS=--capabilities 200)
+	$(PY) scripts/bench_ui.py $(BENCH_ARGS)
 
 monitor: prometheus-tools  ## Prometheus with alerts.yml against `make up`, on http://127.0.0.1:9090 (data: .data/prometheus)
 	prometheus --config.file=infrastructure/etcd/monitoring/prometheus.yml \

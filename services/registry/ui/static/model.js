@@ -56,14 +56,16 @@ function replaceLists(services, capabilities) {
 export async function start() {
   for (let wait = 250; ; wait = Math.min(wait * 2, MAX_BACKOFF_MS)) {
     try {
-      const [capabilities, services, dependencies, sync, cluster] = await Promise.all([
-        read('/v1/capabilities'), read('/v1/services'),
-        optional('/v1/dependencies'), optional('/v1/sync'), optional('/v1/cluster'),
-      ]);
+      // The two lists first: tables render while the side reads are still on their way
+      // (the stream's open re-reads sync and cluster; dependencies are read below).
+      const sides = readDependencies();
+      const [capabilities, services] = await Promise.all([
+        read('/v1/capabilities'), read('/v1/services')]);
       replaceLists(services.body, capabilities.body);
-      Object.assign(model, { dependencies, sync, cluster, loaded: true, starting: '' });
+      Object.assign(model, { loaded: true, starting: '' });
       changed();
       connect(String(Math.min(capabilities.index, services.index) || ''));
+      await sides;
       return;
     } catch (error) {
       model.starting = error.message.includes('token') ? error.message : 'registry starting…';
@@ -73,16 +75,18 @@ export async function start() {
   }
 }
 
+async function readDependencies() {
+  const asked = ++dependenciesAsked;
+  const answer = await optional('/v1/dependencies');
+  if (asked === dependenciesAsked && answer) {
+    model.dependencies = answer;
+    changed();
+  }
+}
+
 function rereadDependencies() {
   clearTimeout(dependenciesTimer);
-  dependenciesTimer = setTimeout(async () => {
-    const asked = ++dependenciesAsked;
-    const answer = await optional('/v1/dependencies');
-    if (asked === dependenciesAsked && answer) {
-      model.dependencies = answer;
-      changed();
-    }
-  }, DEPENDENCIES_DEBOUNCE_MS);
+  dependenciesTimer = setTimeout(readDependencies, DEPENDENCIES_DEBOUNCE_MS);
 }
 
 async function rereadSides() {

@@ -86,6 +86,10 @@ export function create(main, _params, ctx) {
   return {
     update(model) {
       const wanted = graphElements(model);
+      patch(namespaces, html`${[...wanted.nodes.keys()].sort().map((id) => html`<option value="${id}"></option>`)}`);
+      patch(list, graphList(wanted));
+      if (!library(ctx.schedule)) return; // drawn once the library has loaded
+      if (!cy && !model.dependencies) return; // laid out once, with its edges
       const first = !cy;
       if (first) start(wanted.nodes.size);
       const added = apply(wanted, first, unplaced);
@@ -95,14 +99,27 @@ export function create(main, _params, ctx) {
       } else placeBesideNeighbours(unplaced);
       applyFocus();
       describe();
-      patch(namespaces, html`${[...wanted.nodes.keys()].sort().map((id) => html`<option value="${id}"></option>`)}`);
-      patch(list, graphList(wanted));
     },
     destroy() {
       cy?.destroy();
       cy = null;
     },
   };
+}
+
+// Cytoscape (~400 KB) is loaded by the graph page only, the first time it is shown:
+// the other pages, the 1,000-row tables above all, neither parse it nor hold it.
+let loading = null;
+function library(whenLoaded) {
+  if (window.cytoscape) return true;
+  loading ??= new Promise((resolve, reject) => {
+    const script = Object.assign(document.createElement('script'), { src: '/ui/static/vendor/cytoscape.min.js' });
+    script.addEventListener('load', resolve);
+    script.addEventListener('error', () => reject(new Error('the graph library did not load')));
+    document.head.append(script);
+  });
+  loading.then(whenLoaded);
+  return false;
 }
 
 // Make the canvas match `wanted`; returns how many nodes were added. New elements are
