@@ -268,7 +268,8 @@ class Reconciler:
             **self.source,
             "capabilities": len(resolved.desired),
             "errors": [
-                {"file": e.path, "namespace": e.namespace, "reason": e.reason}
+                {"file": e.path, "namespace": e.namespace, "reason": e.reason,
+                 **({"line": e.line, "column": e.column} if e.line is not None else {})}
                 for e in resolved.errors
             ],
             "unowned": sorted(self.unowned),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,6 +97,11 @@ def running_stack(root: Path) -> Iterator[Stack]:
     """Everything up and the eight real manifests projected before the first test."""
     capabilities = root / "capabilities"
     shutil.copytree(CAPABILITIES, capabilities)
+    # A git checkout, as in production: the pages show the commit the sync applied.
+    git = ["git", "-C", str(capabilities), "-c", "user.name=chora", "-c",
+           "user.email=chora@127.0.0.1"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "capabilities"]):
+        subprocess.run([*git, *args], check=True, capture_output=True, timeout=30)
     scratch = root / "scratch"
     scratch.mkdir()
     log_dir = root / "logs"

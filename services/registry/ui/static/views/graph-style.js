@@ -14,7 +14,7 @@ export const STYLE = [
   { selector: 'node', style: {
     label: 'data(display)', 'font-size': 12, color: '#1a1a1a', 'text-valign': 'bottom', 'text-margin-y': 4,
     'text-background-color': '#ffffff', 'text-background-opacity': 0.85, 'text-background-padding': 2,
-    width: 22, height: 22, 'border-width': 2, 'border-color': '#1a1a1a', 'min-zoomed-font-size': 7,
+    width: 22, height: 22, 'border-width': 2, 'border-color': '#1a1a1a', 'min-zoomed-font-size': 5,
   } },
   ...Object.entries(HEALTH).map(([word, style]) => ({ selector: `node.health-${word}`, style })),
   { selector: 'node.missing', style: {
@@ -39,7 +39,7 @@ export const STYLE = [
 export function layout(cy) {
   const count = cy.nodes().length;
   if (count <= 300) {
-    const scale = Math.max(1, Math.sqrt(count / 12));
+    const scale = Math.max(1, Math.sqrt(count / 30)); // ~50 nodes: labels stay legible
     return { name: 'cose', animate: false, randomize: true, fit: true, padding: 30, nodeDimensionsIncludeLabels: true,
       idealEdgeLength: () => 100, nodeRepulsion: () => 400000, edgeElasticity: () => 100, gravity: 40,
       boundingBox: { x1: 0, y1: 0, w: cy.width() * scale, h: cy.height() * scale } };

@@ -71,9 +71,12 @@ export function commitHtml(sync) {
   if (!sync) body = html`<span class="muted">sync status not available yet</span>`;
   else if (!sync.present) body = html`<span class="muted">no sync status yet</span>`;
   else {
-    body = html`<code title="${sync.commit ?? ''}">${(sync.commit ?? 'unknown').slice(0, 10)}</code>
-      ${sync.dirty ? html`<strong class="dirty">dirty</strong> (uncommitted changes were synced)` : 'clean'},
-      changed ${ageTag(sync.changed_at)}; ${sync.capabilities ?? 0} capabilities declared`;
+    const tree = { true: html`<strong class="dirty">dirty</strong> (uncommitted changes were synced)`,
+      false: 'clean' }[sync.dirty] ?? '';
+    const commit = sync.commit
+      ? html`<code title="${sync.commit}">${sync.commit.slice(0, 10)}</code> ${tree}`
+      : html`<span class="muted">no git commit (the directory is not a git checkout)</span>`;
+    body = html`${commit}, changed ${ageTag(sync.changed_at)}; ${sync.capabilities ?? 0} capabilities declared`;
   }
   return html`<h2>Last synced commit</h2><p data-testid="overview-commit">${body}</p>`;
 }

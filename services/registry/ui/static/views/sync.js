@@ -26,7 +26,7 @@ function page(sync) {
       <caption>${errors.length === 1 ? '1 file' : `${errors.length} files`} rejected by the last sync</caption>
       <thead><tr><th scope="col">File</th><th scope="col">Namespace</th><th scope="col">Reason</th></tr></thead>
       <tbody>${errors.map((e) => html`<tr data-file="${e.file}">
-        <th scope="row"><code>${e.file}</code></th><td>${e.namespace ?? '–'}</td><td class="reason">${e.reason}</td></tr>`)}</tbody>
+        <th scope="row"><code>${e.file}${e.line ? `:${e.line}:${e.column ?? 1}` : ''}</code></th><td>${e.namespace ?? '–'}</td><td class="reason">${e.reason}</td></tr>`)}</tbody>
     </table>` : html`<p class="empty ok"><span aria-hidden="true">✓</span> No rejected manifests: every file in the last sync was accepted.</p>`}
     ${unowned.length ? html`<h2>Unowned capabilities</h2>
       <p>In etcd, but no manifest declares them (the sync leaves them alone):</p>
