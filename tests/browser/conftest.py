@@ -1,7 +1,9 @@
 """Fixtures of the browser tests: the whole stack (module scope: starting it is the
-expensive part), Debian's Chromium driven by Playwright (session scope), and a fresh
-page per test whose console is watched: any error or warning the dashboard logs fails
-the test, because a broken script usually shows there before anywhere else."""
+expensive part), Debian's Chromium driven by Playwright (module scope too: Playwright's
+sync API keeps an event loop running in this thread until it stops, and later tests
+call ``asyncio.run``), and a fresh page per test whose console is watched: any error or
+warning the dashboard logs fails the test, because a broken script usually shows there
+before anywhere else."""
 
 from __future__ import annotations
 
@@ -27,14 +29,14 @@ def chromium_path() -> str | None:
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     pw = sync_playwright().start()
     yield pw
     pw.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     path = chromium_path()
     if path is None:
