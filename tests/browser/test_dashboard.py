@@ -179,6 +179,54 @@ def test_tab_reaches_every_control_and_the_skip_link_comes_first(stack: Stack, p
     assert not missing, f"never reached by Tab on {path}: {sorted(missing)}"
 
 
+# WCAG 2 contrast of every visible text against the first opaque background behind it:
+# 4.5:1, or 3:1 for large text (24 px, or 18.66 px bold). The graph's canvas is not DOM:
+# its labels sit on white label backgrounds, and the text list below it says the same.
+LOW_CONTRAST = """() => {
+  const channel = (c) => {
+    c /= 255;
+    return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  };
+  const luminance = ({ r, g, b }) =>
+    0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+  const rgba = (text) => {
+    const inside = (text.match(/rgba?\\(([^)]*)\\)/) || [, ''])[1];
+    const p = inside.split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+    return p.length < 3 ? null : { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 };
+  };
+  const behind = (el) => {
+    for (let n = el; n; n = n.parentElement) {
+      const c = rgba(getComputedStyle(n).backgroundColor);
+      if (c && c.a > 0.5) return c;
+    }
+    return { r: 255, g: 255, b: 255, a: 1 };
+  };
+  const low = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const text = [...el.childNodes].filter((n) => n.nodeType === 3)
+      .map((n) => n.textContent).join('').trim();
+    if (!text || el.getClientRects().length === 0) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === 'hidden') continue;
+    const [a, b] = [luminance(rgba(style.color)), luminance(behind(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(style.fontSize);
+    const need = size >= 24 || (Number(style.fontWeight) >= 700 && size >= 18.66) ? 3 : 4.5;
+    const what = `${el.tagName.toLowerCase()} "${text.slice(0, 40)}"`;
+    if (ratio < need) low.push(`${what}: ${ratio.toFixed(2)}:1`);
+  }
+  return low;
+}"""
+
+
+@pytest.mark.parametrize("path", PAGES.values(), ids=PAGES.keys())
+def test_every_text_on_every_page_has_enough_contrast(stack: Stack, page: Page,
+                                                     path: str) -> None:
+    open_live(page, stack, path)
+    page.locator("main#main > :not(h1):visible").first.wait_for()  # the data is shown
+    assert page.evaluate(LOW_CONTRAST) == []
+
+
 def test_the_capability_page_shows_each_dependency_with_its_status_word(
         stack: Stack, page: Page) -> None:
     namespace = "chora.test.dependencies"
