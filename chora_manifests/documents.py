@@ -15,10 +15,42 @@ MAX_NODES = 100_000  # after alias expansion; a normal manifest has a few hundre
 SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+STR, SEQ, MAP = (f"tag:yaml.org,2002:{t}" for t in ("str", "seq", "map"))
+MERGE = "tag:yaml.org,2002:merge"
+
+
 class _StrictLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
-    """Safe loader that refuses duplicate mapping keys, which PyYAML silently merges."""
+    """Safe loader that refuses duplicate mapping keys, which PyYAML silently merges.
+
+    Strings, lists and mappings (what manifests are made of) are built here directly:
+    PyYAML's constructor builds every node through generators and bookkeeping for
+    recursive documents, ~60 % of a manifest's parse. Every other node (numbers,
+    booleans, dates, merge keys, explicit tags) is still PyYAML's, so the values are
+    the ones it gives."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        try:
+            return self._build(node)
+        finally:
+            self.constructed_objects, self.recursive_objects = {}, {}
+
+    def _build(self, node: yaml.Node) -> Any:
+        tag = node.tag
+        if tag == STR and isinstance(node, yaml.ScalarNode):
+            return node.value
+        if tag == SEQ and isinstance(node, yaml.SequenceNode):
+            return [self._build(item) for item in node.value]
+        if tag == MAP and isinstance(node, yaml.MappingNode) and not any(
+                k.tag == MERGE for k, _ in node.value):
+            self._refuse_duplicates(node)
+            return {self._build(k): self._build(v) for k, v in node.value}
+        return self.construct_object(node, deep=True)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self._refuse_duplicates(node)
+        return super().construct_mapping(node, deep=deep)
+
+    def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode):
@@ -38,7 +70,6 @@ class _StrictLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {shown!r}", key_node.start_mark
                 )
-        return super().construct_mapping(node, deep=deep)
 
 
 def _surely_shallow(text: str) -> bool:

@@ -3,6 +3,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import chora_manifests as manifests
 from chora_manifests import ManifestError, load
@@ -249,3 +250,15 @@ def test_a_symlink_to_a_fifo_inside_the_directory_is_rejected_without_blocking(t
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "link.yaml").symlink_to(tmp_path / "pipe")
     assert "FIFO" in _load_within(tmp_path / "link.yaml", tmp_path).reason
+
+
+@pytest.mark.parametrize("text", [
+    "a: &x {b: 1, c: [1, 2.5, .inf]}\nd: *x\ne: {<<: *x, f: 2}\n",
+    "d: 2024-01-01\nt: 2024-01-01 10:00:00\nb: yes\nn: ~\no: 0o17\nh: 0x1F\ns: '1'\n",
+    "- !!str 1\n- !!int '2'\n- !!binary aGVsbG8=\n- !!set {a, b}\n- [x, {y: [z]}]\n",
+    "1: one\ntrue: yes\nnull: none\n2024-01-01: date key\n",
+])
+def test_strings_lists_and_mappings_built_directly_are_what_pyyaml_builds(text):
+    from chora_manifests.documents import SAFE_LOADER, parse_yaml
+
+    assert parse_yaml(text) == yaml.load(text, Loader=SAFE_LOADER)
