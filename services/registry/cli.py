@@ -44,7 +44,12 @@ X-Registry-Index, the etcd revision it reflects; 401 / 403: see security below):
   GET    /v1/capabilities?type=&dependency=    200 list
   GET    /v1/capabilities/{namespace}          200 | 404
   GET    /v1/watch                             Server-Sent Events; Last-Event-ID resumes
+                                               (?include=sync,cluster,beats: extra events)
+  GET    /v1/dependencies                      200 every dependency checked, and cycles
+  GET    /v1/sync                              200 the gitops sync's status
+  GET    /v1/cluster                           200 etcd members, leader, alarms
   GET    /v1/health, /metrics, /openapi.json, /docs
+  GET    /ui/                                  the dashboard (HTML; reads must be open)
 
 security (README "Security"):
   without --tokens the API is open to anyone who can reach it (warned at start).

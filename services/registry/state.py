@@ -157,7 +157,6 @@ class State:
             "health": json_or(held.get(keys.HEALTH), None),
         }
 
-
     def capabilities_held(self) -> list[dict[str, Any]]:
         """Every capability's view (as ``capability``), sorted by namespace."""
         return [d for ns in sorted(self.capabilities) if (d := self.capability(ns)) is not None]
