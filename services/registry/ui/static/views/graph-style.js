@@ -46,3 +46,9 @@ export function layout(cy) {
   }
   return { name: 'grid', animate: false, fit: true, padding: 30, avoidOverlap: true, sort: (a, b) => (a.id() < b.id() ? -1 : 1) };
 }
+
+// A focused node in the middle, its neighbours on a ring around it (large graphs).
+export function focusLayout(node) {
+  return { name: 'concentric', animate: false, fit: false, avoidOverlap: true, minNodeSpacing: 150,
+    concentric: (n) => (n.same(node) ? 2 : 1), levelWidth: () => 1 };
+}

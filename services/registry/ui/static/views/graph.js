@@ -5,8 +5,9 @@
 import { el, html, patch } from '../dom.js';
 import { capabilityHref } from '../format.js';
 import { graphElements, graphList } from './graph-data.js';
-import { STYLE, layout } from './graph-style.js';
+import { STYLE, focusLayout, layout } from './graph-style.js';
 
+const MAX_FOCUS_ZOOM = 1.2;
 const BULK = 10; // more new nodes than this at once (a resync): lay everything out again
 
 let cy = null;
@@ -51,10 +52,26 @@ export function create(main, _params, ctx) {
       : `${focused ? `No capability "${focused}". ` : ''}All ${cy.nodes().length} nodes, ${cy.edges().length} dependencies: ${problems} not satisfied, ${cycles} in cycles.`;
   }
 
+  // In a grid (large graphs) a node's neighbours sit rows apart: focusing lays the
+  // neighbourhood out in rings around it, and "Show all" puts the grid back.
+  let regrouped = false;
   function focusOn(ns) {
     focused = ns;
     const node = applyFocus();
-    cy.fit(node.nonempty() ? node.closedNeighborhood() : cy.elements(), 40);
+    const gridded = layout(cy).name === 'grid';
+    if (node.nonempty() && gridded) {
+      node.closedNeighborhood().nodes().layout(focusLayout(node)).run();
+      regrouped = true;
+    } else if (node.empty() && regrouped) {
+      cy.layout(layout(cy)).run();
+      regrouped = false;
+    }
+    const shown = node.nonempty() ? node.closedNeighborhood() : cy.elements();
+    cy.fit(shown, 40);
+    if (cy.zoom() > MAX_FOCUS_ZOOM) { // a handful of nodes: not blown up to fill the canvas
+      cy.zoom(MAX_FOCUS_ZOOM);
+      cy.center(shown);
+    }
     describe();
   }
 
