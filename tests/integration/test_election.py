@@ -138,11 +138,13 @@ def test_a_standby_stopped_as_its_leader_resigns_never_leads_and_leaves_no_key(e
 
 def test_a_leaders_store_fences_its_writes_and_a_standbys_store_refuses_them(etcd):
     stores = [Store(etcd.endpoints, timeout=2.0) for _ in range(2)]
-    leaders = [Leadership(s, PROGRAM, ttl=2, name=f"n{i}").start()
-               for i, s in enumerate(stores)]
     never = threading.Event()
+    # One after the other: started together, either may campaign first (a fresh-clone
+    # run saw n1 win, and n0 wait behind it until the 180 s timeout).
+    leaders = [Leadership(stores[0], PROGRAM, ttl=2, name="n0").start()]
     try:
         assert leaders[0].term(never) is not None
+        leaders.append(Leadership(stores[1], PROGRAM, ttl=2, name="n1").start())
         ok, _ = stores[0].txn([], [Put("/chora/test/fenced", b"leader")])
         assert ok
         with pytest.raises(Fenced):
