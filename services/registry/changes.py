@@ -40,16 +40,13 @@ class Change:
     frame: bytes  # the whole SSE event, ready to send
 
 
-def frame(kind: str, revision: int, payload: object) -> bytes:
+def frame(kind: str, revision: int | None, payload: object) -> bytes:
+    """One SSE event. ``revision`` None: an event that is no etcd change (the cluster's
+    members, beats) has no ``id``, so a client's Last-Event-ID stays the revision it
+    last saw."""
     data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    return f"id: {revision}{SEP}event: {kind}{SEP}data: {data}{SEP}{SEP}".encode()
-
-
-def unnumbered(kind: str, payload: object) -> bytes:
-    """An event that is no etcd change (the cluster's members): no ``id``, so a client's
-    Last-Event-ID stays the revision it last saw."""
-    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    return f"event: {kind}{SEP}data: {data}{SEP}{SEP}".encode()
+    number = "" if revision is None else f"id: {revision}{SEP}"
+    return f"{number}event: {kind}{SEP}data: {data}{SEP}{SEP}".encode()
 
 
 def change(kind: str, revision: int, name: str, payload: object) -> Change:

@@ -44,7 +44,7 @@ class Hub:
         self.cluster: dict[str, Any] = {"checked_at": None, "leader": None, "alarms": [],
                                         "members": []}
         self.cluster_version = 0
-        self.cluster_frame = changes.unnumbered(changes.CLUSTER_CHANGED, self.cluster)
+        self.cluster_frame = changes.frame(changes.CLUSTER_CHANGED, None, self.cluster)
         self.beats_version = 0  # the same for the latest ``beats`` summary
         self.beats_frame = b""
         self.closing = asyncio.Event()
@@ -123,7 +123,7 @@ class Hub:
         if _without_time(before) == _without_time(doc):
             return
         self.cluster_version += 1
-        self.cluster_frame = changes.unnumbered(changes.CLUSTER_CHANGED, doc)
+        self.cluster_frame = changes.frame(changes.CLUSTER_CHANGED, None, doc)
         self._wake_subscribers()
 
     async def summarise_beats(self, period: float) -> None:
@@ -134,7 +134,7 @@ class Hub:
             found = self.view.take_beats()
             if found is not None and self.subscribers:
                 self.beats_version += 1
-                self.beats_frame = changes.unnumbered(changes.BEATS, found)
+                self.beats_frame = changes.frame(changes.BEATS, None, found)
                 self._wake_subscribers()
 
     def _wake_subscribers(self) -> None:

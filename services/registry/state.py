@@ -144,7 +144,7 @@ class State:
         """The contract's capability view without its instances; None when the sync
         declares nothing for ``ns`` (a lone health key is not a capability)."""
         held = self.capabilities.get(ns)
-        if not held or not any(k in held for k in DECLARED):
+        if not held or not self.declared(ns):
             return None
         text = {k: held[k].decode(errors="replace") for k in (keys.TYPE, keys.VERSION)
                 if k in held}
@@ -156,6 +156,14 @@ class State:
             "dependencies": json_or(held.get(keys.DEPENDENCIES), []),
             "health": json_or(held.get(keys.HEALTH), None),
         }
+
+    def declared(self, ns: str) -> bool:
+        """The sync declares ``ns`` (a lone health key is not a capability)."""
+        return any(k in self.capabilities.get(ns, ()) for k in DECLARED)
+
+    def health(self, ns: str) -> Any:
+        """``ns``'s health record alone, decoded (without the rest of its keys)."""
+        return json_or(self.capabilities.get(ns, {}).get(keys.HEALTH), None)
 
     def capabilities_held(self) -> list[dict[str, Any]]:
         """Every capability's view (as ``capability``), sorted by namespace."""

@@ -298,8 +298,8 @@ class View:
         health, self._fresh_health = self._fresh_health, set()
         instances = [[i.name, i.id, self.beats.get(k)] for k in sorted(beats)
                      if (i := self.state.instances.get(k)) is not None]
-        records = {ns: doc["health"] for ns in sorted(health)
-                   if (doc := self.state.capability(ns)) is not None}
+        records = {ns: self.state.health(ns) for ns in sorted(health)
+                   if self.state.declared(ns)}
         if not instances and not records:
             return None
         return {"instances": instances, "health": records}

@@ -36,9 +36,11 @@ export const STYLE = [
 // cose (force-directed) reads best but costs O(n²) per step: beyond ~300 nodes a grid
 // sorted by namespace is instant and still navigable with the focus box. cose is given
 // a box of the canvas's shape (grown with the node count), or it draws tall and thin.
+export const gridded = (count) => count > 300; // cose beyond this costs seconds
+
 export function layout(cy) {
   const count = cy.nodes().length;
-  if (count <= 300) {
+  if (!gridded(count)) {
     const scale = Math.max(1, Math.sqrt(count / 30)); // ~50 nodes: labels stay legible
     return { name: 'cose', animate: false, randomize: true, fit: true, padding: 30, nodeDimensionsIncludeLabels: true,
       idealEdgeLength: () => 100, nodeRepulsion: () => 400000, edgeElasticity: () => 100, gravity: 40,

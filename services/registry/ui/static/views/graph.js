@@ -5,7 +5,7 @@
 import { el, html, patch } from '../dom.js';
 import { capabilityHref } from '../format.js';
 import { graphElements, graphList } from './graph-data.js';
-import { STYLE, focusLayout, layout } from './graph-style.js';
+import { STYLE, focusLayout, gridded, layout } from './graph-style.js';
 
 const MAX_FOCUS_ZOOM = 1.2;
 const BULK = 10; // more new nodes than this at once (a resync): lay everything out again
@@ -58,8 +58,7 @@ export function create(main, _params, ctx) {
   function focusOn(ns) {
     focused = ns;
     const node = applyFocus();
-    const gridded = layout(cy).name === 'grid';
-    if (node.nonempty() && gridded) {
+    if (node.nonempty() && gridded(cy.nodes().length)) {
       node.closedNeighborhood().nodes().layout(focusLayout(node)).run();
       regrouped = true;
     } else if (node.empty() && regrouped) {
@@ -76,7 +75,7 @@ export function create(main, _params, ctx) {
   }
 
   function start(count) {
-    const big = count > 300;
+    const big = gridded(count);
     cy = window.cytoscape({ container, style: STYLE, minZoom: 0.02, maxZoom: 4, boxSelectionEnabled: false,
       textureOnViewport: big, hideEdgesOnViewport: big });
     cy.on('tap', 'node', (event) => {
