@@ -365,8 +365,8 @@ def run_hey(url: str, seconds: float, workers: int, rate_per_worker: float | Non
             ) -> tuple[str, dict[str, Any]]:
     cmd = ["hey", "-z", f"{seconds:g}s", "-c", str(workers), "-t", "10",
            "-disable-compression"]
-    for name, value in (headers or {}).items():
-        cmd += ["-H", f"{name}: {value}"]
+    for name, value in (headers or {}).items():  # hey takes the Host header as a flag
+        cmd += ["-host", value] if name.lower() == "host" else ["-H", f"{name}: {value}"]
     if rate_per_worker:
         cmd += ["-q", f"{rate_per_worker:g}"]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=timeout,

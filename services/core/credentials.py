@@ -20,12 +20,14 @@ and whenever a call was refused for an invalid token (``renew``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from services.core import logs
 from services.core.access import EtcdAccess
@@ -51,43 +53,61 @@ class TlsMaterial:
     root_certificates: bytes | None
     private_key: bytes | None
     certificate_chain: bytes | None
-    common_name: str | None
-    """Our certificate's CN: the etcd user the members see."""
-    not_after: dt.datetime | None
+
+    @property
+    def common_name(self) -> str | None:
+        """Our certificate's CN: the etcd user the members see."""
+        return self._decoded[0]
+
+    @property
+    def not_after(self) -> dt.datetime | None:
+        return self._decoded[1]
+
+    @functools.cached_property
+    def _decoded(self) -> tuple[str | None, dt.datetime | None]:
+        """Decoded only when a log line or an error message names them: ``cryptography``
+        costs ~0.1 s to import, a fifth of a sync restart that has nothing to do."""
+        if self.certificate_chain is None:
+            return None, None
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        cert = x509.load_pem_x509_certificate(self.certificate_chain)
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return (str(names[0].value) if names else None), cert.not_valid_after_utc
 
 
 def read_tls(access: EtcdAccess) -> TlsMaterial:
     """Read the TLS files; ``UnusableFiles`` when one does not parse or the certificate and
     the key are not a pair (say, one of them was just renewed and the other not yet).
-    ``cryptography`` is imported here: a plaintext program never pays for it."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.x509.oid import NameOID
-
-    def public(key: Any) -> bytes:
-        return key.public_bytes(serialization.Encoding.DER,
-                                serialization.PublicFormat.SubjectPublicKeyInfo)
-
+    Checked by OpenSSL through the standard library, as gRPC will load them."""
     ca = access.cacert.read_bytes() if access.cacert else None
     if ca is not None:
         try:
-            x509.load_pem_x509_certificates(ca)
-        except ValueError as exc:
-            raise UnusableFiles(f"--cacert {access.cacert}: {exc}") from None
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=ca.decode())
+        except (ValueError, ssl.SSLError) as exc:  # ValueError: not even text
+            raise UnusableFiles(f"--cacert {access.cacert}: {_reason(exc)}") from None
     if access.cert is None or access.key is None:
-        return TlsMaterial(ca, None, None, None, None)
+        return TlsMaterial(ca, None, None)
     chain, key_pem = access.cert.read_bytes(), access.key.read_bytes()
     try:
-        cert = x509.load_pem_x509_certificate(chain)
-        key = serialization.load_pem_private_key(key_pem, None)
-    except (ValueError, TypeError) as exc:  # TypeError: a key that wants a passphrase
-        raise UnusableFiles(f"--cert {access.cert} / --key {access.key}: {exc}") from None
-    if public(cert.public_key()) != public(key.public_key()):
-        raise UnusableFiles(f"--cert {access.cert} and --key {access.key} are not a pair "
-                            "(one renewed, the other not yet?)")
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    common_name = str(names[0].value) if names else None
-    return TlsMaterial(ca, key_pem, chain, common_name, cert.not_valid_after_utc)
+        # password b"": a key that wants a passphrase fails, rather than prompting.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+            access.cert, access.key, password=b"")
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            raise UnusableFiles(f"--cert {access.cert} and --key {access.key} are not a "
+                                "pair (one renewed, the other not yet?)") from None
+        raise UnusableFiles(f"--cert {access.cert} / --key {access.key}: "
+                            f"{_reason(exc)}") from None
+    if (access.cert.read_bytes(), access.key.read_bytes()) != (chain, key_pem):
+        raise UnusableFiles(f"--cert {access.cert} / --key {access.key} changed while "
+                            "being read")
+    return TlsMaterial(ca, key_pem, chain)
+
+
+def _reason(exc: Exception) -> str:
+    return str(getattr(exc, "reason", None) or exc)
 
 
 def stamp(access: EtcdAccess) -> Stamp:

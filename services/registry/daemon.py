@@ -1,16 +1,17 @@
 """The registry process: wires the store, the view and its hub, the follower and the
-quorum check (threads), the status writer (a task) and the HTTP server, all on one
-event loop (uvloop, httptools), and stops them in order with a bound on each step.
+quorum check (threads), the status writer (a task) and the HTTP server (granian,
+``serving.py``), all on one event loop (uvloop), and stops them in order with a bound
+on each step.
 
 A third thread checks the cluster's members for the dashboard (``cluster.py``).
 
-Shutdown order, and why: the HTTP server stops accepting first; the change streams are
-closed at once (they would otherwise hold the server open until its grace period
-ends); open requests get ``shutdown_timeout`` to finish; then the status writer is
-cancelled, the follower and quorum check are stopped and joined (bounded: abandoned
-after ``shutdown_timeout``, they are daemon threads), and the store is closed last,
-since every step before may still talk to etcd. Nothing is revoked or rewritten at
-exit: the instances' leases live on in etcd, so a restart loses nothing.
+Shutdown order, and why: the change streams are closed first (they never end on their
+own) and the HTTP server stops accepting; open requests finish on the loop while the
+status writer is cancelled, the follower and quorum check are stopped and joined
+(bounded: abandoned after ``shutdown_timeout``, they are daemon threads), and the
+store is closed last, since every step before may still talk to etcd. Nothing is
+revoked or rewritten at exit: the instances' leases live on in etcd, so a restart
+loses nothing.
 
 The token file and the TLS files are read before anything else, so a broken one ends
 the program at once (exit 2 naming the flag), and looked at every ``token_check``
@@ -20,15 +21,8 @@ seconds (and on SIGHUP) afterwards: a changed file is taken into use without a r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
-import socket
-import ssl
 import threading
-from collections.abc import Generator
-from typing import Any
-
-import uvicorn
 
 from services.core import logs, program
 from services.core.store import Store
@@ -40,12 +34,13 @@ from services.registry.hub import Hub
 from services.registry.instances import Instances
 from services.registry.loop import StatusWriter
 from services.registry.metrics import Metrics
+from services.registry.serving import HttpServer, bind
 from services.registry.settings import Settings
 from services.registry.tls import ServerTls
 from services.registry.view import View
 
 EXIT_OK = 0
-BACKLOG = 2048
+EXIT_FAILED = 1
 CREDENTIALS_TICK = 0.25  # how soon a SIGHUP is acted on
 OPEN = ("registry is open: no --tokens, so anyone who can reach it can register, "
         "heartbeat and deregister any service (README: Security)")
@@ -56,51 +51,8 @@ try:
     import uvloop
 
     LOOP_FACTORY = uvloop.new_event_loop
-except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+except ImportError:  # pragma: no cover - a dependency; asyncio's loop works too
     LOOP_FACTORY = None
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: ``cli.py`` installs the programs'
-    shared ones (``core/signals.py``), which call ``Daemon.stop``."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class _Config(uvicorn.Config):
-    """uvicorn's configuration serving TLS with our context (``tls.py``: checked at
-    start-up, reloaded in place) rather than one it would build from file names. Set
-    after ``load`` because uvicorn's ``ssl_context_factory`` only exists from 0.47."""
-
-    def __init__(self, *args: Any, tls: ssl.SSLContext | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.tls = tls
-
-    def load(self) -> None:
-        super().load()
-        if self.tls is not None:
-            self.ssl = self.tls
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound now so a taken port is a configuration error at
-    start-up (and port 0 tells its number before serving)."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(BACKLOG)
-        except OSError:
-            sock.close()
-            raise
-    except OSError as exc:
-        raise ValueError(f"--port {port} (--host {host}): {exc}") from exc
-    return sock
 
 
 class Daemon:
@@ -134,19 +86,15 @@ class Daemon:
         try:
             self.socket = bind(s.host, s.port)
         except ValueError:
+            self._close_files()
             self._close_store()
             raise
+        self.port: int = self.socket.getsockname()[1]
         app = api.build(self.hub, self.instances, self.metrics, s, self.log, self.guard)
-        self.server = _Server(_Config(
-            app, http="httptools", ws="none", lifespan="off", log_config=None,
-            access_log=False, server_header=False, backlog=BACKLOG,
-            timeout_graceful_shutdown=s.shutdown_timeout,
-            tls=None if self.tls is None else self.tls.context))
+        self.server = HttpServer(app, s.host, self.port, log=self.log,
+                                 tls=None if self.tls is None else self.tls.pair)
         self.stopping = threading.Event()
-
-    @property
-    def port(self) -> int:
-        return int(self.socket.getsockname()[1])
+        self.exit_code = EXIT_OK
 
     def reload(self) -> None:
         """Look at the token and TLS files now (SIGHUP). Only sets a flag."""
@@ -156,7 +104,6 @@ class Daemon:
         """Ask the registry to stop (signal handlers call this); ``run`` returns soon
         after. Only sets flags: safe from a signal handler and from any thread."""
         self.stopping.set()
-        self.server.should_exit = True
 
     def run(self) -> int:
         s = self.settings
@@ -172,9 +119,10 @@ class Daemon:
                 runner.run(self._serve())
         finally:
             self.socket.close()
+            self._close_files()
             self._close_store()
         self.log.info("registry stopped")
-        return EXIT_OK
+        return self.exit_code
 
     async def _serve(self) -> None:
         self.hub.bind(asyncio.get_running_loop())
@@ -189,7 +137,10 @@ class Daemon:
             tasks.append(asyncio.create_task(self._keep_credentials_fresh(),
                                              name="credentials"))
         try:
-            await self.server.serve(sockets=[self.socket])
+            self.socket.close()  # the port is granian's now (serving.py: why)
+            if not await self.server.serve():
+                self.log.error("the HTTP server stopped on its own; the registry exits")
+                self.exit_code = EXIT_FAILED
         finally:
             self.hub.close_streams()
             for task in tasks:
@@ -201,12 +152,12 @@ class Daemon:
             await asyncio.to_thread(self._join_threads)
 
     async def _stop_when_asked(self) -> None:
-        """The server polls ``should_exit``; the change streams must be told."""
-        while not (self.stopping.is_set() or self.server.should_exit):
+        """``stop`` only sets a flag (a signal handler calls it); acted on here."""
+        while not self.stopping.is_set():
             await asyncio.sleep(0.1)
-        self.server.should_exit = True
         self.log.info("registry stopping: no new connections, change streams closed")
         self.hub.close_streams()
+        self.server.stop()
 
     async def _keep_credentials_fresh(self) -> None:
         """Every ``token_check`` seconds, or at once after a SIGHUP, take changed token
@@ -223,8 +174,8 @@ class Daemon:
             try:
                 if self.guard is not None:
                     await asyncio.to_thread(self.guard.refresh, forced)
-                if self.tls is not None:
-                    self.tls.refresh()  # on the loop: the context is shared with handshakes
+                if self.tls is not None and self.tls.refresh():
+                    self.server.reload()
             except Exception as exc:  # the files in force stay; the next look tries again
                 self.log.exception("could not look at the token or TLS files", error=str(exc))
 
@@ -246,6 +197,10 @@ class Daemon:
             if thread.is_alive():
                 self.log.warning("thread did not stop in time; abandoning it",
                                  thread=thread.name, seconds=self.settings.shutdown_timeout)
+
+    def _close_files(self) -> None:
+        if self.tls is not None:
+            self.tls.close()
 
     def _close_store(self) -> None:
         if self._own_store:

@@ -1,21 +1,25 @@
-"""HTTPS for the API (``--tls-cert`` / ``--tls-key``): the server's TLS context, checked
-at start-up and kept in step with the files.
+"""HTTPS for the API (``--tls-cert`` / ``--tls-key``): the pair checked at start-up and
+kept in step with the files.
 
 Checked at start-up so that a missing file, a key that does not belong to the
 certificate or a file that is not PEM is a configuration error naming the flag (exit 2),
-not a crash of the server thread after "registry starting". TLS 1.2 at least.
+not a crash of the server after "registry starting". TLS 1.2 at least.
 
-Renewing needs no restart: ``refresh`` loads a changed pair into the same context, which
-every new connection uses (open ones keep theirs). The pair is first loaded into a
-scratch context, so a half-renewed pair (new certificate, old key) is refused and the
-previous certificate stays in use, with an error in the log.
+The server (``serving.py``) reads the pair from files whenever its worker starts, so it
+is given a private copy: the bytes of the last pair proven whole and matching, in a
+directory only this process may read. Renewing needs no restart: ``refresh`` reads a
+changed pair once, proves those very bytes (a half-renewed pair, new certificate and old
+key, is refused and the previous pair stays in use, with an error in the log), copies
+them in, and says so; the daemon then has the server start a worker with them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 import stat
+import tempfile
 from pathlib import Path
 
 from structlog.typing import FilteringBoundLogger
@@ -23,11 +27,36 @@ from structlog.typing import FilteringBoundLogger
 from services.registry.metrics import Metrics
 
 
-def _context(cert: Path, key: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    return context
+def _prove(cert: Path, key: Path) -> None:
+    """``ssl.SSLError`` unless these are a PEM certificate and its private key."""
+    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+
+
+class Pair:
+    """The private copy the server reads: ``cert`` and ``key`` in a directory of mode
+    0700, removed at ``close``."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="registry-tls-"))
+        self.cert, self.key = self.dir / "server.crt", self.dir / "server.key"
+
+    def take(self, cert: Path, key: Path) -> None:
+        """Copy the pair in if its bytes prove to be one; each file replaced whole, so a
+        worker starting meanwhile reads the old pair or the new one. ``ssl.SSLError`` or
+        ``OSError`` when they are not, and the copy in use is unchanged."""
+        new_cert, new_key = self.dir / "new.crt", self.dir / "new.key"
+        for source, target in ((key, new_key), (cert, new_cert)):
+            with open(source, "rb") as f:
+                data = f.read()
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        _prove(new_cert, new_key)
+        os.replace(new_key, self.key)
+        os.replace(new_cert, self.cert)
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _signature(*paths: Path) -> tuple[tuple[int, int, int], ...] | None:
@@ -53,9 +82,11 @@ class ServerTls:
         self.cert, self.key, self.metrics, self.log = cert, key, metrics, log
         check_files(cert, key)
         self._signature = _signature(cert, key)
+        self.pair = Pair()
         try:
-            self.context = _context(cert, key)
+            self.pair.take(cert, key)
         except ssl.SSLError as exc:
+            self.pair.close()
             raise ValueError(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate "
                              f"and its private key ({exc.reason or exc})") from None
 
@@ -68,16 +99,15 @@ class ServerTls:
         return []
 
     def refresh(self) -> bool:
-        """Load the pair again if either file changed; True when the new one is in use.
-        Call on the event loop (the context is shared with the handshakes there)."""
+        """Take the pair again if either file changed; True when the private copy now
+        holds the new one (the server is to start a worker with it)."""
         signature = _signature(self.cert, self.key)
         if signature == self._signature:
             return False
         self._signature = signature  # one error per edit, not one per check
         try:
             check_files(self.cert, self.key)
-            _context(self.cert, self.key)  # whole and matching, or nothing changes
-            self.context.load_cert_chain(self.cert, self.key)
+            self.pair.take(self.cert, self.key)  # whole and matching, or nothing changes
         except (ValueError, ssl.SSLError, OSError) as exc:
             self.metrics.tls_reloads.labels("error").inc()
             self.log.error("TLS certificate not reloaded; the previous one stays in use",
@@ -86,3 +116,6 @@ class ServerTls:
         self.metrics.tls_reloads.labels("ok").inc()
         self.log.info("TLS certificate reloaded", cert=str(self.cert))
         return True
+
+    def close(self) -> None:
+        self.pair.close()
