@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             commands["gitops-sync" + suffix] = [
                 "-m", "services.gitops_sync", "--capabilities", str(ROOT / "capabilities"),
                 "--metrics-port", str(SYNC_METRICS + i * STANDBY_OFFSET),
+                "--max-txn-ops", topology.TUNING["max-txn-ops"],
                 *security_flags(cluster, "gitops_sync", "gitops-sync")]
             commands["heartbeat" + suffix] = [
                 "-m", "services.heartbeat",

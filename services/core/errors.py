@@ -113,6 +113,8 @@ def classify(code: str, detail: str, *, who: str | None = None, what: str = "") 
         return LeaseNotFound(detail)
     if "database space exceeded" in detail:
         return NoSpace(detail)
+    if "too many operations in txn request" in detail:
+        return TooLarge(detail)
     if code == "OUT_OF_RANGE" and "compacted" in detail:
         return Compacted(0)
     if code == "PERMISSION_DENIED" or "permission denied" in detail:

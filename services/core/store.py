@@ -87,6 +87,9 @@ class Store:
                  token_refresh: float = TOKEN_REFRESH) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
+        # Operations (and guards) per transaction: the cluster's --max-txn-ops, as far as
+        # a caller knows it (the sync's --max-txn-ops; etcd's default otherwise).
+        self.max_txn_ops = MAX_TXN_OPS
         self.access = access = access or EtcdAccess()
         addresses = [resolve(e) for e in self.endpoints]
         # gRPC's multi-address target: "ipv4:a:p,b:p,c:p" (what etcd3.client(host=
@@ -273,8 +276,8 @@ class Store:
         """
         fence = self._fence() if fenced and self._fence is not None else []
         guards, ops = [*fence, *guards], list(ops)
-        if len(ops) > MAX_TXN_OPS or len(guards) > MAX_TXN_OPS:
-            raise TooLarge(f"{len(ops)} operations; etcd accepts {MAX_TXN_OPS} per txn")
+        if len(ops) > self.max_txn_ops or len(guards) > self.max_txn_ops:
+            raise TooLarge(f"{len(ops)} operations; etcd accepts {self.max_txn_ops} per txn")
         request = encode_txn(guards, ops)
         if len(request) > MAX_REQUEST_BYTES:
             raise TooLarge(f"{len(request)} bytes; etcd accepts {MAX_REQUEST_BYTES}")

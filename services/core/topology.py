@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.core.kv import WIDE_TXN_OPS
+
 
 @dataclass(frozen=True)
 class Member:
@@ -24,13 +26,16 @@ MEMBERS: tuple[Member, ...] = (
 
 CLUSTER_TOKEN = "chora-etcd-cluster"
 
-# The seed's settings: heartbeat 100 ms, election 1000 ms, 8 GiB quota, hourly compaction.
+# The seed's settings: heartbeat 100 ms, election 1000 ms, 8 GiB quota, hourly compaction;
+# and wider transactions than etcd's default 128 operations (kv.py: why), which the
+# sync is told of by its --max-txn-ops.
 TUNING: dict[str, str] = {
     "heartbeat-interval": "100",
     "election-timeout": "1000",
     "quota-backend-bytes": str(8 * 1024**3),
     "auto-compaction-mode": "periodic",
     "auto-compaction-retention": "1h",
+    "max-txn-ops": str(WIDE_TXN_OPS),
 }
 
 DEFAULT_ENDPOINTS: tuple[str, ...] = tuple(f"127.0.0.1:{m.client_port}" for m in MEMBERS)

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from services.core import program, signals
+from services.core.kv import MAX_TXN_OPS, WIDE_TXN_OPS
 from services.core.options import (
     add_election_flags,
     add_etcd_flags,
@@ -92,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         "directory emptied one file at a time is caught like one emptied at once "
         "(env PRUNE_WINDOW; default %(default)s)",
     )
+    p.add_argument(
+        "--max-txn-ops", type=int, default=env("MAX_TXN_OPS", MAX_TXN_OPS, int),
+        help="operations per etcd transaction: at most the cluster's own --max-txn-ops, "
+        f"whose default is {MAX_TXN_OPS}. Wider transactions cost etcd less: make up and "
+        f"the compose files run both at {WIDE_TXN_OPS}. Set too high, the sync falls back "
+        "to etcd's default at the first refusal, with a warning (env MAX_TXN_OPS; "
+        "default %(default)s)",
+    )
     add_election_flags(p, "gitops-sync")
     add_serve_flags(p)
     add_log_flags(p)
@@ -109,6 +118,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_prune_ratio=args.max_prune_ratio,
         prune_window=args.prune_window,
         allow_mass_prune=args.allow_mass_prune,
+        max_txn_ops=args.max_txn_ops,
         election_ttl=args.election_ttl,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,

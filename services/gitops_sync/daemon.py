@@ -37,6 +37,7 @@ class Daemon:
         self.log = logs.get("gitops_sync")
         self.store = store or program.connect(settings.endpoints, settings.etcd_timeout,
                                               settings.etcd_access)
+        self.store.max_txn_ops = settings.max_txn_ops
         self._own_store = store is None
         self.metrics = Metrics() if settings.record_metrics else Metrics.unrecorded()
         self.reconciler = Reconciler(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.core.access import EtcdAccess
+from services.core.kv import MAX_TXN_OPS
 from services.gitops_sync.plan import Policy
 
 
@@ -30,6 +31,8 @@ class Settings:
     """Seconds over which prunes are added up for ``max_prune_ratio``."""
     allow_mass_prune: bool = False
     """Prune whatever the directory no longer holds, however much that is."""
+    max_txn_ops: int = MAX_TXN_OPS
+    """Operations per transaction; at most the cluster's --max-txn-ops."""
     election_ttl: int = 3
     """Seconds of the leader's session lease: a crashed leader is replaced within it."""
     metrics_port: int | None = None
@@ -46,6 +49,9 @@ class Settings:
         for name in ("etcd_timeout", "reconcile_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_txn_ops < MAX_TXN_OPS:
+            raise ValueError(f"--max-txn-ops must be at least {MAX_TXN_OPS} (etcd's default; "
+                             "a capability is written whole, in one transaction)")
         if self.election_ttl < 2:
             raise ValueError("--election-ttl must be at least 2 (etcd's shortest lease)")
         if self.debounce < 0 or self.prune_window < 0:

@@ -1,7 +1,7 @@
 """Writing a reconcile's changes, and the checkpoint after them.
 
-Whole capabilities are packed into transactions within etcd's limits (128 operations,
-~1.4 MB), sent in parallel; a batch whose guards fail is split, so one conflict does not
+Whole capabilities are packed into transactions within etcd's limits (``--max-txn-ops``
+operations, ~1.4 MB), sent in parallel; a batch whose guards fail is split, so one conflict does not
 hold back the rest. Every revision that lands is remembered (``OwnWrites``), so the
 drift watch can tell our writes from someone else's, and so a reconcile can tell
 whether anyone else wrote between its read and its last write (``renew_checkpoint``).
@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from concurrent.futures import Executor
 
 from services.core import keys, logs
-from services.core.kv import MAX_GUARDS, MAX_REQUEST_BYTES, MAX_TXN_OPS, Delete, Put, Unchanged
+from services.core.errors import TooLarge
+from services.core.kv import MAX_REQUEST_BYTES, MAX_TXN_OPS, Delete, Put, Unchanged
 from services.core.store import Store
 from services.gitops_sync.checkpoint import Checkpoint, contiguous, nothing_else_changed
 from services.gitops_sync.metrics import Metrics
@@ -30,16 +31,17 @@ def _size(op: Put | Delete) -> int:
     return len(op.key) + (len(op.value) if isinstance(op, Put) else 0) + 24
 
 
-def batches(changes: Iterable[Change]) -> list[list[Change]]:
+def batches(changes: Iterable[Change], max_ops: int = MAX_TXN_OPS) -> list[list[Change]]:
     """Whole capabilities packed into transactions within etcd's op and size limits
     (guards: one fewer, for the leader's fence)."""
+    max_guards = max_ops - 1
     out: list[list[Change]] = []
     current: list[Change] = []
     ops = guards = size = 0
     for change in changes:
         c_ops, c_guards = len(change.ops), len(change.guards)
         c_size = sum(_size(op) for op in change.ops) + 32 * (c_guards + 1)
-        if current and (ops + c_ops > MAX_TXN_OPS or guards + c_guards > MAX_GUARDS
+        if current and (ops + c_ops > max_ops or guards + c_guards > max_guards
                         or size + c_size > MAX_REQUEST_BYTES):
             out.append(current)
             current, ops, guards, size = [], 0, 0, 0
@@ -84,7 +86,7 @@ class Writer:
         ``revisions`` gets those of the transactions that landed. ``detailed``: one log
         line per capability (everyday edits; a 10,000-manifest first sync is summed up
         by "reconcile finished" instead of flooding the log)."""
-        groups = batches(changes)
+        groups = batches(changes, self.store.max_txn_ops)
         if not groups:
             return 0, set()
         results = list(self.pool.map(lambda b: self._send(b, detailed), groups))
@@ -94,9 +96,15 @@ class Writer:
         return applied, conflicts
 
     def _send(self, batch: list[Change], detailed: bool) -> tuple[int, set[str], list[int]]:
-        ok, revision = self.store.txn(
-            [g for c in batch for g in c.guards], [op for c in batch for op in c.ops]
-        )
+        try:
+            ok, revision = self.store.txn(
+                [g for c in batch for g in c.guards], [op for c in batch for op in c.ops]
+            )
+        except TooLarge as exc:
+            narrower = batches(batch, MAX_TXN_OPS)
+            if len(narrower) == 1:  # within etcd's default: too large another way
+                raise
+            return self._narrower(narrower, detailed, str(exc))
         if ok:
             self.own.add(revision)
             self.metrics.txns.labels("ok").inc()
@@ -108,9 +116,24 @@ class Writer:
         self.metrics.txns.labels("conflict").inc()
         if len(batch) == 1:
             return 0, {batch[0].namespace}, []
+        return self._each(([change] for change in batch), detailed)
+
+    def _narrower(self, groups: list[list[Change]], detailed: bool, error: str
+                  ) -> tuple[int, set[str], list[int]]:
+        """etcd refused a transaction as too wide: its --max-txn-ops is below ours. From
+        now on, etcd's default; this batch again, in narrower transactions (``groups``)."""
+        if self.store.max_txn_ops > MAX_TXN_OPS:
+            log.warning("etcd accepts fewer operations per transaction than --max-txn-ops; "
+                        "using etcd's default", max_txn_ops=self.store.max_txn_ops,
+                        now=MAX_TXN_OPS, error=error)
+            self.store.max_txn_ops = MAX_TXN_OPS
+        return self._each(groups, detailed)
+
+    def _each(self, groups: Iterable[list[Change]], detailed: bool
+              ) -> tuple[int, set[str], list[int]]:
         applied, conflicts, revisions = 0, set(), []
-        for change in batch:
-            n, c, r = self._send([change], detailed)
+        for group in groups:
+            n, c, r = self._send(group, detailed)
             applied += n
             conflicts |= c
             revisions += r

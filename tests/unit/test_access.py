@@ -22,6 +22,7 @@ from services.core.errors import (
     PermissionDenied,
     StoreError,
     TlsRefused,
+    TooLarge,
     Unavailable,
     classify,
 )
@@ -140,6 +141,7 @@ def test_a_handshake_refused_on_a_certificate_is_terminal(detail):
     ("INVALID_ARGUMENT", "etcdserver: user name is empty", AuthFailed),
     ("NOT_FOUND", "etcdserver: requested lease not found", LeaseNotFound),
     ("RESOURCE_EXHAUSTED", "etcdserver: mvcc: database space exceeded", NoSpace),
+    ("INVALID_ARGUMENT", "etcdserver: too many operations in txn request", TooLarge),
 ])
 def test_errors_keep_their_kind(code, detail, kind):
     error = classify(code, detail)
@@ -273,3 +275,14 @@ def test_make_up_passes_an_identity_only_to_programs_that_connect_with_it():
     assert up.takes_access("heartbeat") is True
     flags = ["--cacert=ca", "--cert=c", "--key=k"]
     assert up.registry_args("e:1", flags)[-3:] == flags
+
+
+def test_the_sync_refuses_transactions_narrower_than_etcds_default():
+    from services.gitops_sync import cli as sync_cli
+
+    parser = sync_cli.build_parser()
+    wide = sync_cli.settings_from(parser.parse_args(["--max-txn-ops", "1024"]))
+    assert wide.max_txn_ops == 1024
+    assert sync_cli.settings_from(parser.parse_args([])).max_txn_ops == 128
+    with pytest.raises(ValueError, match="--max-txn-ops must be at least 128"):
+        sync_cli.settings_from(parser.parse_args(["--max-txn-ops", "64"]))
