@@ -17,6 +17,11 @@ SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 STR, SEQ, MAP = (f"tag:yaml.org,2002:{t}" for t in ("str", "seq", "map"))
 MERGE = "tag:yaml.org,2002:merge"
+# Plain scalar → its tag (``_StrictLoader.resolve``): keys and short values, the ones
+# that recur; bounded, so a long-running sync holds a few MB at most.
+_PLAIN_TAGS: dict[str, str] = {}
+_PLAIN_TAGS_MAX = 20_000
+_PLAIN_TAG_LENGTH = 64
 
 
 class _StrictLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
@@ -27,6 +32,22 @@ class _StrictLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
     recursive documents, ~60 % of a manifest's parse. Every other node (numbers,
     booleans, dates, merge keys, explicit tags) is still PyYAML's, so the values are
     the ones it gives."""
+
+    def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
+        """PyYAML's tag resolution, remembered: called for every node, it tries the
+        implicit resolvers' regular expressions on every plain scalar; the same keys and
+        values recur across a directory of manifests. Equal to PyYAML's own as long as no
+        path resolver is added (none is: safe loading adds none)."""
+        if kind is yaml.ScalarNode:
+            if not implicit[0]:
+                return STR
+            tag = _PLAIN_TAGS.get(value)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)
+                if len(value) <= _PLAIN_TAG_LENGTH and len(_PLAIN_TAGS) < _PLAIN_TAGS_MAX:
+                    _PLAIN_TAGS[value] = tag
+            return tag
+        return SEQ if kind is yaml.SequenceNode else MAP
 
     def construct_document(self, node: yaml.Node) -> Any:
         try:
@@ -138,7 +159,16 @@ def _count(events: Iterable[Any]) -> None:
 
 
 def json_safe(value: Any) -> Any:
-    """YAML 1.1 gives dates, and keys that are not strings; JSON and etcd want text."""
+    """YAML 1.1 gives dates, and keys that are not strings; JSON and etcd want text.
+    Strings, mappings with string keys and lists first: what manifests are made of."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is dict:
+        return {k if type(k) is str else str(k).lower() if isinstance(k, bool) else str(k):
+                json_safe(v) for k, v in value.items()}
+    if kind is list:
+        return [json_safe(v) for v in value]
     if isinstance(value, dict):
         return {
             str(k).lower() if isinstance(k, bool) else str(k): json_safe(v)

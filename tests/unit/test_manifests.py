@@ -257,8 +257,24 @@ def test_a_symlink_to_a_fifo_inside_the_directory_is_rejected_without_blocking(t
     "d: 2024-01-01\nt: 2024-01-01 10:00:00\nb: yes\nn: ~\no: 0o17\nh: 0x1F\ns: '1'\n",
     "- !!str 1\n- !!int '2'\n- !!binary aGVsbG8=\n- !!set {a, b}\n- [x, {y: [z]}]\n",
     "1: one\ntrue: yes\nnull: none\n2024-01-01: date key\n",
+    # the same scalars plain and quoted: a tag remembered for one is not the other's
+    "a: yes\nb: 'yes'\nc: 1\nd: '1'\ne: \"1\"\nf: [yes, 'yes', 1, '1']\n",
 ])
 def test_strings_lists_and_mappings_built_directly_are_what_pyyaml_builds(text):
     from chora_manifests.documents import SAFE_LOADER, parse_yaml
 
     assert parse_yaml(text) == yaml.load(text, Loader=SAFE_LOADER)
+
+
+def test_json_safe_gives_text_keys_iso_dates_and_sorted_sets_at_any_depth():
+    import datetime as dt
+
+    from chora_manifests.documents import json_safe
+
+    value = {True: 1, 2: [dt.date(2024, 1, 1)], "a": {False: None, "s": {3, 1}},
+             "t": dt.datetime(2024, 1, 1, 10, 0)}
+    assert json_safe(value) == {"true": 1, "2": ["2024-01-01"],
+                                "a": {"false": None, "s": [1, 3]},
+                                "t": "2024-01-01T10:00:00"}
+    with pytest.raises(ValueError, match="bytes cannot be stored as JSON"):
+        json_safe({"b": [b"x"]})
