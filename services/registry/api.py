@@ -30,7 +30,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp
 from structlog.typing import FilteringBoundLogger
 
 from services.core.errors import StoreError
@@ -111,7 +110,7 @@ def _only(request: Request, allowed: tuple[str, ...]) -> None:
 
 
 def build(hub: Hub, instances: Instances, metrics: Metrics, settings: Settings,
-          log: FilteringBoundLogger, guard: Guard | None = None) -> ASGIApp:
+          log: FilteringBoundLogger, guard: Guard | None = None) -> Edge:
     app = FastAPI(title="chora registry (SAP-044 Manifest)", version=VERSION,
                   description="Service instances on etcd leases, and the capabilities the "
                               "gitops sync declares. Every answer carries X-Registry-Index.",

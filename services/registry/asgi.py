@@ -109,11 +109,19 @@ class Edge:
     def __init__(self, app: ASGIApp, hub: Hub, metrics: Metrics,
                  lookup: ServiceLookup) -> None:
         self.app, self.hub, self.metrics, self.lookup = app, hub, metrics, lookup
+        self.open = 0  # requests being answered (the shutdown log says how many it cut)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        self.open += 1
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            self.open -= 1
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         began = time.perf_counter()
         path, method = scope["path"], scope["method"]
         if method in LOOKUP_METHODS and path.startswith(PREFIX) and "/" not in path[HOT:] \

@@ -6,12 +6,12 @@ on each step.
 A third thread checks the cluster's members for the dashboard (``cluster.py``).
 
 Shutdown order, and why: the change streams are closed first (they never end on their
-own) and the HTTP server stops accepting; open requests finish on the loop while the
-status writer is cancelled, the follower and quorum check are stopped and joined
-(bounded: abandoned after ``shutdown_timeout``, they are daemon threads), and the
-store is closed last, since every step before may still talk to etcd. Nothing is
-revoked or rewritten at exit: the instances' leases live on in etcd, so a restart
-loses nothing.
+own) and the HTTP server stops accepting; open requests get ``shutdown_timeout`` to
+finish (``serving.py``); then the status writer is cancelled, the follower and quorum
+check are stopped and joined (bounded: abandoned after ``shutdown_timeout``, they are
+daemon threads), and the store is closed last, since every step before may still talk
+to etcd. Nothing is revoked or rewritten at exit: the instances' leases live on in
+etcd, so a restart loses nothing.
 
 The token file and the TLS files are read before anything else, so a broken one ends
 the program at once (exit 2 naming the flag), and looked at every ``token_check``
@@ -90,9 +90,11 @@ class Daemon:
             self._close_store()
             raise
         self.port: int = self.socket.getsockname()[1]
-        app = api.build(self.hub, self.instances, self.metrics, s, self.log, self.guard)
-        self.server = HttpServer(app, s.host, self.port, log=self.log,
-                                 tls=None if self.tls is None else self.tls.pair)
+        self.app = api.build(self.hub, self.instances, self.metrics, s, self.log, self.guard)
+        self.server = HttpServer(self.app, s.host, self.port, log=self.log,
+                                 tls=None if self.tls is None else self.tls.pair,
+                                 grace=s.shutdown_timeout,
+                                 open_requests=lambda: self.app.open)
         self.stopping = threading.Event()
         self.exit_code = EXIT_OK
 

@@ -20,9 +20,9 @@ The lifecycle, all here:
   in, ``reload`` starts a worker that reads it. New connections get the new
   certificate once the new worker listens; the old one stops listening
   ``RESPAWN_INTERVAL`` later, and its open connections (change streams too) go on.
-- **Stopping**: ``stop`` asks from any thread; ``serve`` returns once the worker has
-  stopped accepting. Requests still open finish on the loop, which the daemon keeps
-  running while it winds down the rest (``daemon.py``).
+- **Stopping**: ``stop`` asks from any thread. granian stops accepting and lets the
+  requests being answered finish; a client that never finishes its request would hold
+  it for ever, so after ``grace`` seconds the worker is killed and ``serve`` returns.
 - **Logs**: granian logs through the standard library; its warnings and errors (a
   worker that crashed, a certificate it could not load) go to the registry's log.
 """
@@ -33,6 +33,7 @@ import asyncio
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from granian.constants import HTTPModes, Interfaces, SSLProtocols
@@ -78,10 +79,21 @@ class _ToStructlog(logging.Handler):
                 "http server: " + message)
 
 
+class _ForcedStop(logging.Filter):
+    """After a forced stop, granian's worker still tries to resolve a future the kill
+    cancelled, and asyncio reports that with a traceback; the stop was logged already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "shutdown_glue" not in record.getMessage()
+
+
 def _route_logs(log: FilteringBoundLogger) -> None:
     logger = logging.getLogger("_granian")
     logger.handlers = [h for h in logger.handlers if not isinstance(h, _ToStructlog)]
     logger.addHandler(_ToStructlog(log))
+    noisy = logging.getLogger("asyncio")
+    if not any(isinstance(f, _ForcedStop) for f in noisy.filters):
+        noisy.addFilter(_ForcedStop())
 
 
 # granian applies its logging configuration with dictConfig, which, unless incremental,
@@ -92,8 +104,8 @@ _LOGGING = {"incremental": True, "formatters": {}, "handlers": {},
 
 
 class HttpServer:
-    def __init__(self, app: Any, host: str, port: int, *, tls: Pair | None,
-                 log: FilteringBoundLogger) -> None:
+    def __init__(self, app: Any, host: str, port: int, *, tls: Pair | None, grace: float,
+                 log: FilteringBoundLogger, open_requests: Callable[[], int]) -> None:
         self._server = Server(
             app, address=host, port=port, interface=Interfaces.ASGINL, http=HTTPModes.http1,
             websockets=False, backlog=BACKLOG, log_dictconfig=_LOGGING,
@@ -104,21 +116,47 @@ class HttpServer:
         # (granian's default, 3.5 s, would keep serving the old certificate that long).
         self._server.respawn_interval = RESPAWN_INTERVAL
         _route_logs(log)
+        self.grace, self.log, self._open_requests = grace, log, open_requests
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Future[None] | None = None
         self._stop = threading.Event()
+        self._forced = False
+        self.stopped = False  # no longer accepting: ``serve`` returned
 
     async def serve(self) -> bool:
         """Serve until ``stop``; the port must be free (``bind``'s socket closed). False
         when the server ended without being asked (its worker died: logged by granian)."""
         self._loop = asyncio.get_running_loop()
-        if not self._stop.is_set():
-            await self._server.serve()
+        try:
+            if not self._stop.is_set():
+                self._task = asyncio.ensure_future(self._server.serve())
+                await self._task
+        except asyncio.CancelledError:
+            if not self._forced:
+                raise
+        finally:
+            self.stopped = True
         return self._stop.is_set()
 
     def stop(self) -> None:
         """From any thread, before or while serving."""
         self._stop.set()
-        self._call(self._server.stop)
+        self._call(self._stop_within_grace)
+
+    def _stop_within_grace(self) -> None:
+        self._server.stop()
+        assert self._loop is not None
+        self._loop.call_later(self.grace, self._force)
+
+    def _force(self) -> None:
+        if self._task is None or self._task.done():
+            return
+        self.log.warning("requests still open after the grace period: closed",
+                         open=self._open_requests(), seconds=self.grace)
+        self._forced = True
+        for worker in list(self._server.wrks):
+            worker.kill()
+        self._task.cancel()
 
     def reload(self) -> None:
         """Start a new worker (which reads the TLS pair again) and stop the old one."""

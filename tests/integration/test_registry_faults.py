@@ -3,6 +3,8 @@ but answering without a quorum, and not one failed read while the leader is kill
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 
@@ -98,3 +100,53 @@ def test_killing_the_leader_fails_no_read(fresh_cluster: LocalCluster):
         wait_for(lambda: reg.http.put(f"/v1/services/steady/{iid}/heartbeat").status_code
                  == 204, timeout=15, what="heartbeats accepted again")
         assert reg.register("after-election")
+
+
+def half_sent_registration(port: int, body: bytes) -> socket.socket:
+    conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+    conn.sendall(b"POST /v1/services HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                 b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+    return conn
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_a_registration_in_flight_when_the_registry_stops_still_gets_its_answer(etcd, store):
+    # A client half-way through sending its body when the registry is told to stop:
+    # new connections are refused, the rest of the body arrives, and it is answered.
+    body = json.dumps({"name": "late", "version": "1.0.0", "interfaces": REST}).encode()
+    with serving(etcd.endpoints) as reg:
+        port = reg.daemon.port
+        with half_sent_registration(port, body) as conn:
+            wait_for(lambda: reg.daemon.app.open >= 1, timeout=5,
+                     what="the registration being answered")
+            reg.daemon.stop()
+            wait_for(lambda: refuses_connections(port), timeout=5,
+                     what="new connections refused")
+            conn.sendall(body[10:])
+            answer = conn.recv(65536).split(b"\r\n", 1)[0]
+        assert answer == b"HTTP/1.1 201 Created", answer
+    kvs, _ = store.get_prefix("/chora/services/late/")
+    assert len(kvs) == 1
+
+
+def test_a_client_that_never_finishes_its_request_holds_the_stop_no_longer_than_the_grace(
+        etcd, store):
+    body = json.dumps({"name": "stuck", "version": "1.0.0", "interfaces": REST}).encode()
+    with serving(etcd.endpoints, shutdown_timeout=1.0) as reg, \
+            half_sent_registration(reg.daemon.port, body):
+        wait_for(lambda: reg.daemon.app.open >= 1, timeout=5,
+                 what="the registration being answered")
+        began = time.monotonic()
+        reg.daemon.stop()
+        wait_for(lambda: reg.daemon.server.stopped, timeout=10,
+                 what="the server stopped despite the client")
+        assert time.monotonic() - began < 1.0 + 2.0
+    kvs, _ = store.get_prefix("/chora/services/stuck/")
+    assert kvs == {}
