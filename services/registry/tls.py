@@ -28,8 +28,9 @@ from services.registry.metrics import Metrics
 
 
 def _prove(cert: Path, key: Path) -> None:
-    """``ssl.SSLError`` unless these are a PEM certificate and its private key."""
-    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    """``ssl.SSLError`` unless these are a PEM certificate and its private key (one that
+    wants a passphrase fails here, rather than prompting on the terminal)."""
+    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=b"")
 
 
 class Pair:
@@ -41,9 +42,10 @@ class Pair:
         self.cert, self.key = self.dir / "server.crt", self.dir / "server.key"
 
     def take(self, cert: Path, key: Path) -> None:
-        """Copy the pair in if its bytes prove to be one; each file replaced whole, so a
-        worker starting meanwhile reads the old pair or the new one. ``ssl.SSLError`` or
-        ``OSError`` when they are not, and the copy in use is unchanged."""
+        """Copy the pair in if its bytes prove to be one: read once, proven from the
+        copies, then renamed into place. ``ssl.SSLError`` or ``OSError`` when they are
+        not, and the copy in use is unchanged. The server reads the copy only when told
+        (at start, and at the reload that follows a take), never during one."""
         new_cert, new_key = self.dir / "new.crt", self.dir / "new.key"
         for source, target in ((key, new_key), (cert, new_cert)):
             with open(source, "rb") as f:

@@ -3,6 +3,7 @@ configuration errors that end the program with one clear line naming the flag.""
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import subprocess
@@ -146,6 +147,28 @@ def test_a_tls_pair_that_is_not_pem_is_refused_at_start(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"--tls-cert {tmp_path / 'c.pem'} / --tls-key" in out.stderr
     assert "not a PEM certificate" in out.stderr
+
+
+def test_a_key_that_wants_a_passphrase_is_refused_at_start_without_prompting(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    out = run_cli("--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem"),
+                  "--endpoints", "127.0.0.1:1", "--port", "0")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"--tls-key {tmp_path / 'k.pem'}: not a PEM certificate" in out.stderr
 
 
 def test_a_malformed_token_file_is_refused_at_start_naming_the_file_and_the_entry(tmp_path):
