@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops (operations, and guards, per txn)
-MAX_GUARDS = MAX_TXN_OPS - 1  # one left for a leader's fence (``Store.fence_with``)
 # ``make up`` and the compose files run etcd with --max-txn-ops at this, and the sync
 # with the same: a first sync of 10,000 manifests in 60 transactions rather than 480
 # costs etcd a quarter less CPU (each transaction is a raft entry, an fsync, an apply).

@@ -1,10 +1,11 @@
 """Writing a reconcile's changes, and the checkpoint after them.
 
 Whole capabilities are packed into transactions within etcd's limits (``--max-txn-ops``
-operations, ~1.4 MB), sent in parallel; a batch whose guards fail is split, so one conflict does not
-hold back the rest. Every revision that lands is remembered (``OwnWrites``), so the
-drift watch can tell our writes from someone else's, and so a reconcile can tell
-whether anyone else wrote between its read and its last write (``renew_checkpoint``).
+operations, one guard fewer for a leader's fence; ~1.4 MB), sent in parallel; a batch
+whose guards fail is split, so one conflict does not hold back the rest. Every revision
+that lands is remembered (``OwnWrites``), so the drift watch can tell our writes from
+someone else's, and so a reconcile can tell whether anyone else wrote between its read
+and its last write (``renew_checkpoint``).
 """
 
 from __future__ import annotations
