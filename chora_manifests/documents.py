@@ -161,19 +161,11 @@ def _count(events: Iterable[Any]) -> None:
 def json_safe(value: Any) -> Any:
     """YAML 1.1 gives dates, and keys that are not strings; JSON and etcd want text.
     Strings, mappings with string keys and lists first: what manifests are made of."""
-    kind = type(value)
-    if kind is str:
+    if type(value) is str:
         return value
-    if kind is dict:
+    if isinstance(value, dict):
         return {k if type(k) is str else str(k).lower() if isinstance(k, bool) else str(k):
                 json_safe(v) for k, v in value.items()}
-    if kind is list:
-        return [json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {
-            str(k).lower() if isinstance(k, bool) else str(k): json_safe(v)
-            for k, v in value.items()
-        }
     if isinstance(value, list):
         return [json_safe(v) for v in value]
     if isinstance(value, dt.date | dt.datetime):

@@ -1,7 +1,10 @@
 """Manifest text for tests: ``manifest("a.b")`` is a valid Service, keyword arguments
-override metadata fields, ``extra`` appends raw YAML."""
+override metadata fields, ``extra`` appends raw YAML; ``corpus`` writes a directory of
+them."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 def manifest(
@@ -22,3 +25,13 @@ def manifest(
         f"  dc_hasVersion: '{version}'\n"
         "  dc_date: '2025-11-15'\n" + extra
     )
+
+
+def corpus(root: Path, count: int) -> Path:
+    """A new directory ``root`` of ``count`` valid manifests: c00.yaml claiming
+    chora.test.c00, c01.yaml…"""
+    root.mkdir()
+    width = max(2, len(str(count - 1)))
+    for i in range(count):
+        (root / f"c{i:0{width}}.yaml").write_text(manifest(f"chora.test.c{i:0{width}}"))
+    return root

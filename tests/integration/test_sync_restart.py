@@ -19,18 +19,14 @@ from services.core import keys
 from services.core.kv import Delete, Put
 from tests.conftest import wait_for
 from tests.integration.sync_harness import SyncDaemon, run_once, status, value, written_since
-from tests.manifests import manifest
+from tests.manifests import corpus, manifest
 
 N = 12
 
 
 @pytest.fixture
 def caps(tmp_path: Path) -> Path:
-    root = tmp_path / "capabilities"
-    root.mkdir()
-    for i in range(N):
-        (root / f"c{i:02}.yaml").write_text(manifest(f"chora.test.c{i:02}"))
-    return root
+    return corpus(tmp_path / "capabilities", N)
 
 
 def parsed(result: subprocess.CompletedProcess[str]) -> tuple[int, int]:

@@ -13,18 +13,14 @@ from services.core.localcluster import LocalCluster
 from services.core.store import Store
 from tests.conftest import _wipe
 from tests.integration.sync_harness import run_once
-from tests.manifests import manifest
+from tests.manifests import corpus
 
 N = 300  # ~6 operations each: 1,800 operations
 
 
 @pytest.fixture
 def caps(tmp_path: Path) -> Path:
-    root = tmp_path / "capabilities"
-    root.mkdir()
-    for i in range(N):
-        (root / f"c{i:03}.yaml").write_text(manifest(f"chora.test.c{i:03}"))
-    return root
+    return corpus(tmp_path / "capabilities", N)
 
 
 def synced_namespaces(store: Store) -> set[str]:
