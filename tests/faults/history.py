@@ -73,7 +73,8 @@ class RevisionClock:
     def describe(self) -> str:
         last = self.samples[-1] if self.samples else None
         age = f"{time.monotonic() - last[0]:.1f} s ago" if last else "never"
-        return (f"clock: {len(self.samples)} samples, last {last} ({age}), "
+        return (f"clock: {len(self.samples)} samples, first {self.samples[:1]}, last five "
+                f"{[rev for _, rev in self.samples[-5:]]}, last {last} ({age}), "
                 f"{self.failures} failed, latest errors {self.errors}")
 
     def time_of(self, revision: int) -> float | None:
