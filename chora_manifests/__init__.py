@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chora_manifests.errors import ManifestError, Problem
-from chora_manifests.files import MAX_BYTES, read_text
+from chora_manifests.files import MAX_BYTES, decode, read_bytes, read_text
 
 if TYPE_CHECKING:
     from chora_manifests.documents import MAX_DEPTH, MAX_NODES, parse_yaml
@@ -54,11 +54,13 @@ __all__ = [
     "ManifestError",
     "Problem",
     "check_namespace",
+    "decode",
     "from_document",
     "is_manifest_name",
     "load",
     "parse",
     "parse_yaml",
+    "read_bytes",
     "read_text",
 ]
 

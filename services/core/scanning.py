@@ -282,17 +282,16 @@ class _Parser:
 
 
 def _read(root: Path, name: str) -> tuple[str, str] | ManifestError:
-    """(text, sha256 of its UTF-8 bytes), or why it cannot be read. ``read_text`` is the
-    only way a manifest is read (it refuses FIFOs, devices, symlinks leading out, files
-    over 1 MiB); strict UTF-8 decoded and encoded again gives back the file's very bytes,
-    so the digest is what ``sha256sum`` prints for the file."""
+    """(text, sha256 of its bytes: what ``sha256sum`` prints for the file), or why it
+    cannot be read. ``read_bytes`` is the only way a manifest is read (it refuses FIFOs,
+    devices, symlinks leading out, files over 1 MiB)."""
     try:
-        text = manifests.read_text(root / name, root, name=name)
+        data = manifests.read_bytes(os.path.join(root, name), root, name=name)
+        return manifests.decode(data, name), hashlib.sha256(data).hexdigest()
     except ManifestError as exc:
         return exc
     except OSError as exc:
         return ManifestError(name, f"cannot read: {exc.strerror or exc}")
-    return text, hashlib.sha256(text.encode()).hexdigest()
 
 
 def _parse_chunk(

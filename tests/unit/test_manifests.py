@@ -178,6 +178,45 @@ def test_a_file_over_one_mib_is_rejected_before_parsing(tmp_path):
         load_text(tmp_path, text)
 
 
+def _pipe_with(*chunks: bytes) -> int:
+    """A pipe's read end, its writer sending ``chunks`` from a thread (a pipe hands a
+    reader what has arrived so far: reads shorter than asked, as a file growing would)."""
+    import threading
+
+    r, w = os.pipe()
+
+    def write() -> None:
+        with os.fdopen(w, "wb", buffering=0) as f:
+            for chunk in chunks:
+                f.write(chunk)
+
+    threading.Thread(target=write, daemon=True).start()
+    return r
+
+
+# 6: the reads come back shorter than the size measured, and are continued; 0: the file
+# grew after it was measured, and is read on to its end.
+@pytest.mark.parametrize("size", [0, 6])
+def test_the_bytes_read_are_the_whole_file_when_reads_are_short_or_it_grew(size):
+    from chora_manifests.files import _read_fd
+
+    fd = _pipe_with(b"abc", b"def")
+    try:
+        assert _read_fd(fd, size) == b"abcdef"
+    finally:
+        os.close(fd)
+
+
+def test_a_file_that_grows_past_one_mib_after_it_was_measured_is_read_no_further():
+    from chora_manifests.files import MAX_BYTES, _read_fd
+
+    fd = _pipe_with(b"x" * 10, b"y" * MAX_BYTES)
+    try:
+        assert len(_read_fd(fd, 10)) == MAX_BYTES + 1
+    finally:
+        os.close(fd)
+
+
 def test_a_symlink_leading_outside_the_directory_is_not_followed(tmp_path):
     outside = tmp_path / "outside.yaml"
     outside.write_text(manifest("a.b"))
