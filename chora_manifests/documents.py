@@ -15,13 +15,15 @@ MAX_NODES = 100_000  # after alias expansion; a normal manifest has a few hundre
 SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-STR, SEQ, MAP = (f"tag:yaml.org,2002:{t}" for t in ("str", "seq", "map"))
+STR, SEQ, MAP, INT, BOOL, NULL = (
+    f"tag:yaml.org,2002:{t}" for t in ("str", "seq", "map", "int", "bool", "null"))
 MERGE = "tag:yaml.org,2002:merge"
 # Plain scalar → its tag (``_StrictLoader.resolve``): keys and short values, the ones
 # that recur; bounded, so a long-running sync holds a few MB at most.
 _PLAIN_TAGS: dict[str, str] = {}
 _PLAIN_TAGS_MAX = 20_000
 _PLAIN_TAG_LENGTH = 64
+_SCALAR, _SEQUENCE, _MAPPING = yaml.ScalarNode, yaml.SequenceNode, yaml.MappingNode
 
 
 class _StrictLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
@@ -38,7 +40,7 @@ class _StrictLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
         implicit resolvers' regular expressions on every plain scalar; the same keys and
         values recur across a directory of manifests. Equal to PyYAML's own as long as no
         path resolver is added (none is: safe loading adds none)."""
-        if kind is yaml.ScalarNode:
+        if kind is _SCALAR:
             if not implicit[0]:
                 return STR
             tag = _PLAIN_TAGS.get(value)
@@ -47,7 +49,7 @@ class _StrictLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
                 if len(value) <= _PLAIN_TAG_LENGTH and len(_PLAIN_TAGS) < _PLAIN_TAGS_MAX:
                     _PLAIN_TAGS[value] = tag
             return tag
-        return SEQ if kind is yaml.SequenceNode else MAP
+        return SEQ if kind is _SEQUENCE else MAP
 
     def construct_document(self, node: yaml.Node) -> Any:
         try:
@@ -56,15 +58,40 @@ class _StrictLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
             self.constructed_objects, self.recursive_objects = {}, {}
 
     def _build(self, node: yaml.Node) -> Any:
-        tag = node.tag
-        if tag == STR and isinstance(node, yaml.ScalarNode):
-            return node.value
-        if tag == SEQ and isinstance(node, yaml.SequenceNode):
-            return [self._build(item) for item in node.value]
-        if tag == MAP and isinstance(node, yaml.MappingNode) and not any(
-                k.tag == MERGE for k, _ in node.value):
-            self._refuse_duplicates(node)
-            return {self._build(k): self._build(v) for k, v in node.value}
+        """Strings, decimal integers, booleans, nulls and collections here, anything
+        else PyYAML's (the same values: tests/unit/test_manifests.py). A mapping's
+        keys are checked for duplicates only when the dict came out shorter than the
+        node (equal keys, or keys PyYAML builds equal, such as 1 and 0x1)."""
+        kind, tag = type(node), node.tag
+        if kind is _SCALAR:
+            if tag == STR:
+                return node.value
+            value = node.value
+            if tag == INT and value.isascii() and value.isdigit() and (
+                    value[0] != "0" or value == "0"):
+                return int(value)  # plain decimal: what construct_yaml_int gives
+            if tag == BOOL:
+                return self.bool_values[value.lower()]
+            return None if tag == NULL else self.construct_object(node, deep=True)
+        build = self._build
+        if kind is _SEQUENCE and tag == SEQ:
+            return [item.value if type(item) is _SCALAR and item.tag == STR else build(item)
+                    for item in node.value]
+        if kind is _MAPPING and tag == MAP:
+            out: dict[Any, Any] = {}
+            for k, v in node.value:
+                if k.tag == MERGE:  # PyYAML's merge semantics, for the whole mapping
+                    return self.construct_object(node, deep=True)
+                key = k.value if type(k) is _SCALAR and k.tag == STR else build(k)
+                value = v.value if type(v) is _SCALAR and v.tag == STR else build(v)
+                try:
+                    out[key] = value
+                except TypeError:  # an unhashable key: said with its position
+                    self._refuse_duplicates(node)
+                    raise
+            if len(out) < len(node.value):
+                self._refuse_duplicates(node)
+            return out
         return self.construct_object(node, deep=True)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -98,13 +125,23 @@ def _surely_shallow(text: str) -> bool:
     MAX_DEPTH levels, so the event pass can be skipped for ordinary manifests.
 
     A nesting level opens with ``[``, ``{``, ``- ``, ``? `` or a deeper indentation (a
-    block sequence may share its parent key's column, hence the factor 2)."""
+    block sequence may share its parent key's column, hence the factor 2): so the
+    proof holds when ``2 * (indent + 1) + openers < MAX_DEPTH``, that is when no line
+    is indented by ``deep`` spaces or more (lines as ``str.splitlines`` breaks them)."""
     if "&" in text:
         return False
-    indent = max((len(line) - len(line.lstrip(" ")) for line in text.splitlines()), default=0)
     openers = (text.count("[") + text.count("{") + text.count("- ") + text.count("? ")
                + text.count("-\n") + text.count("-\t"))
-    return 2 * (indent + 1) + openers < MAX_DEPTH
+    deep = (MAX_DEPTH - openers - 1) // 2  # the least indent that breaks the inequality
+    if deep <= 0:
+        return False
+    margin = " " * deep
+    if text.isascii() and not any(brk in text for brk in _OTHER_ASCII_BREAKS):
+        return not text.startswith(margin) and "\n" + margin not in text  # one C scan
+    return not any(line.startswith(margin) for line in text.splitlines())
+
+
+_OTHER_ASCII_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e"  # where splitlines breaks, besides \n
 
 
 def _check_shape(text: str) -> None:
