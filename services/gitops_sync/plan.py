@@ -97,6 +97,7 @@ class Actual:
 
     kvs: dict[str, KeyValue] = field(default_factory=dict)
     _owned: dict[str, str] | None = field(default=None, repr=False, compare=False)
+    _held: set[str] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_kvs(cls, kvs: Iterable[KeyValue], owned: Mapping[str, str] | None = None) -> Actual:
@@ -121,7 +122,15 @@ class Actual:
         return self._owned
 
     def capability_keys(self, namespace: str) -> list[str]:
+        if namespace not in self._namespaces():  # all of them, on a first sync
+            return []
         return [k for k in (keys.capability(namespace, n) for n in keys.SYNC_KEYS) if k in self.kvs]
+
+    def _namespaces(self) -> set[str]:
+        """Namespaces with a capability key here (worked out once)."""
+        if self._held is None:
+            self._held = {split[0] for key in self.kvs if (split := keys.split(key))}
+        return self._held
 
     def of(self, namespace: str) -> dict[str, KeyValue]:
         """The capability's sync keys and inventory entry, as read."""
