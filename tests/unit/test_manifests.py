@@ -298,6 +298,9 @@ def test_a_symlink_to_a_fifo_inside_the_directory_is_rejected_without_blocking(t
     "1: one\ntrue: yes\nnull: none\n2024-01-01: date key\n",
     # the same scalars plain and quoted: a tag remembered for one is not the other's
     "a: yes\nb: 'yes'\nc: 1\nd: '1'\ne: \"1\"\nf: [yes, 'yes', 1, '1']\n",
+    # integers built here only when plainly decimal; keys equal once built, not as text
+    "a: [0, 00, 010, -0, +5, -12, 1_000, 0x1F, 0b101, 1:30, 12, 3.5]\n1: x\n0x1: y\n",
+    "a: !!int '12'\nb: !!bool 'yes'\nc: !!null 'x'\nd: [On, off, NULL, ~, '']\n",
 ])
 def test_strings_lists_and_mappings_built_directly_are_what_pyyaml_builds(text):
     from chora_manifests.documents import SAFE_LOADER, parse_yaml
