@@ -298,6 +298,15 @@ def test_the_registry_image_stage_carries_the_registry_and_no_other_program():
 # -- the Dockerfile ------------------------------------------------------------------------
 
 
+def test_the_image_ships_its_code_compiled_so_no_start_compiles_it_again():
+    lines = _stages()["base"]
+    copied = max(i for i, line in enumerate(lines) if line.startswith("COPY chora_manifests/"))
+    compiled = [i for i, line in enumerate(lines)
+                if line == "RUN python -m compileall -q /app/services /app/chora_manifests"]
+    assert compiled and compiled[0] > copied
+    assert lines.index("USER 10001:10001") > compiled[0]  # as root, before the user
+
+
 def _stages() -> dict[str, list[str]]:
     """Dockerfile instructions per stage (continuation lines joined)."""
     text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
