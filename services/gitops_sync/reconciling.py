@@ -25,6 +25,7 @@ from services.core import keys, logs
 from services.core.kv import Put, Unchanged
 from services.core.scanning import Index, Resolved
 from services.core.store import Store
+from services.gitops_sync.checkpoint import contiguous
 from services.gitops_sync.metrics import Metrics
 from services.gitops_sync.plan import (
     Actual,
@@ -89,7 +90,7 @@ class Reconciler:
         self.prunes = PruneWindow(policy.prune_window)
         self.held: dict[str, str] = {}  # namespace → why its prune was refused
         self.unowned: set[str] = set()  # capabilities in etcd without an inventory entry
-        self.revision = 0  # of the last full read: where a watch of etcd may start
+        self.revision = 0  # where a watch of etcd may start: see _full
         self.own_writes = OwnWrites()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="sync-txn")
         self._writer = Writer(store, self._pool, self.metrics, self.own_writes)
@@ -161,6 +162,11 @@ class Reconciler:
         if not dry_run and not outcome.conflicted:
             renew_checkpoint(self.store, seen, actual, settled | set(resolved.desired),
                              plan.changes, outcome.revisions, counted, self.unowned)
+        if outcome.revisions and contiguous(seen.revision, outcome.revisions):
+            # Every revision since the read is one of ours: a watch may begin after them
+            # instead of replaying them (a first sync of 10,000 is 70,000 events, which
+            # held the first edit after it back ~1.7 s).
+            self.revision = max(outcome.revisions)
         return outcome
 
     def partial(self, names: Iterable[str], drifted: Iterable[str] = ()) -> Outcome:
