@@ -70,8 +70,8 @@ class _StrictLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
             if tag == INT and value.isascii() and value.isdigit() and (
                     value[0] != "0" or value == "0"):
                 return int(value)  # plain decimal: what construct_yaml_int gives
-            if tag == BOOL:
-                return self.bool_values[value.lower()]
+            if tag == BOOL and (known := self.bool_values.get(value.lower())) is not None:
+                return known
             return None if tag == NULL else self.construct_object(node, deep=True)
         build = self._build
         if kind is _SEQUENCE and tag == SEQ:
@@ -93,6 +93,21 @@ class _StrictLoader(SAFE_LOADER):  # type: ignore[misc,valid-type]
                 self._refuse_duplicates(node)
             return out
         return self.construct_object(node, deep=True)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """PyYAML's, with its constructors' bare errors on an explicit tag they cannot
+        read (``!!bool maybe``: KeyError; ``!!timestamp x``: AttributeError; ``!!set
+        [1]``: TypeError; ``!!int x``: ValueError) said as a YAML error at the node, so
+        the file is reported, with a position, instead of the error escaping every
+        reconcile."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (KeyError, AttributeError, TypeError, IndexError, ValueError):
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            what = (repr(node.value) if isinstance(node, yaml.ScalarNode)
+                    else f"this {node.id}")  # "sequence", "mapping"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{what} is not a valid {tag}", node.start_mark) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         self._refuse_duplicates(node)

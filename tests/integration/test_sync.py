@@ -178,6 +178,9 @@ BAD_INPUTS = {
     "huge.yaml": (manifest("chora.bad.huge") + "x: '" + "y" * (1024 * 1024) + "'\n", "at most"),
     "latin1.yaml": (None, "not UTF-8"),
     "empty.yaml": ("", "empty file"),
+    # PyYAML's own constructor fails with a KeyError here: it escaped every reconcile
+    "tagged.yaml": (manifest("chora.bad.tagged") + "x: !!bool maybe\n",
+                    "'maybe' is not a valid !!bool"),
 }
 
 

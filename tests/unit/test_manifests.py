@@ -172,6 +172,18 @@ def test_bad_input_gets_one_clear_reason(tmp_path, text, reason):
         load_text(tmp_path, text)
 
 
+@pytest.mark.parametrize(("text", "reason"), [
+    ("a: !!bool maybe\n", "1:4: invalid YAML: 'maybe' is not a valid !!bool"),
+    ("a: [1, !!timestamp soon]\n", "1:8: invalid YAML: 'soon' is not a valid !!timestamp"),
+    ("a: !!set [1]\n", "1:4: invalid YAML: this sequence is not a valid !!set"),
+    ("a:\n  b: !!int abc\n", "2:6: invalid YAML: 'abc' is not a valid !!int"),
+])
+def test_an_explicit_tag_its_value_does_not_fit_is_reported_where_it_is(text, reason):
+    with pytest.raises(ManifestError) as err:
+        manifests.parse(text, name="a.yaml")
+    assert str(err.value) == f"a.yaml:{reason}"
+
+
 def test_a_file_over_one_mib_is_rejected_before_parsing(tmp_path):
     text = manifest("a.b") + "padding: '" + "x" * (1024 * 1024) + "'\n"
     with pytest.raises(ManifestError, match="at most 1048576"):
