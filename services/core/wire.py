@@ -33,7 +33,12 @@ def _varint(n: int) -> bytes:
 
 
 def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return _sized(_varint(number << 3 | 2), payload)
+
+
+def _sized(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: its tag (precomputed), its length, its bytes."""
+    return tag + _varint(len(payload)) + payload
 
 
 def _int_field(number: int, value: int) -> bytes:
@@ -47,10 +52,6 @@ _MOD_EQUAL = _int_field(2, 2)  # Compare.target = MOD; result EQUAL (0) is the d
 _COMPARE_KEY, _MOD_REVISION = b"\x1a", b"\x30"  # Compare.key (3), .mod_revision (6)
 _PUT, _DELETE = b"\x12", b"\x1a"  # RequestOp.request_put (2), .request_delete_range (3)
 _KEY, _VALUE, _LEASE = b"\x0a", b"\x12", b"\x18"  # PutRequest.key (1), value (2), lease (3)
-
-
-def _sized(tag: bytes, payload: bytes) -> bytes:
-    return tag + _varint(len(payload)) + payload
 
 
 def encode_txn(guards: list[Unchanged], ops: list[Op]) -> bytes:
